@@ -1,3 +1,12 @@
 """lit_scsdpo: GRPO, SDPO and SC-SDPO for LLM reasoning, on PyTorch Lightning."""
 
+from .callbacks import DifficultyWeighting
+from .data import RolloutBatch, RolloutDataModule
+from .module import GRPO, SDPO, OptimConfig, PolicyOptimization
+from .teacher import RepromptTemplates, SelfTeacher
+
 __version__ = "0.1.0"
+__all__ = [
+    "GRPO", "SDPO", "PolicyOptimization", "OptimConfig", "RolloutDataModule", "RolloutBatch",
+    "DifficultyWeighting", "SelfTeacher", "RepromptTemplates",
+]

@@ -547,6 +547,9 @@ def global_normalizer(
     Call it once per optimizer step on all of this rank's sequences (every micro-batch);
     ``reduce`` sums over ranks. ``token-mean``: the number of unmasked tokens (at least 1);
     ``seq-mean-*``: the number of sequences ``N`` (masked sequences counted, paper-spec §1.6).
+
+    Args:
+        mask: ``[N, T]`` loss mask, or ``[N]`` per-sequence counts of unmasked tokens.
     """
     if mode not in AGGREGATION_MODES:
         raise ValueError(f"aggregation mode must be one of {AGGREGATION_MODES}, got {mode!r}")

@@ -1,0 +1,451 @@
+"""The policy-optimisation LightningModules: :class:`PolicyOptimization`, :class:`GRPO`, :class:`SDPO`.
+
+The base class owns the policy (any ``AutoModelForCausalLM`` path), its tokenizer, manual
+optimisation (AdamW, linear warmup then constant LR, grad-norm clipping, gradient
+accumulation over the micro-batches of one optimizer step), the student forward pass and
+step logging. A new algorithm is a subclass that overrides one method,
+``compute_loss(batch) -> (loss, metrics)``; see docs/extending.md.
+
+Kept from the paper's setting: on-policy updates (one optimizer step per rollout batch by
+default), seq-mean-token-mean aggregation over all B·G sequences for SDPO, token-mean for
+GRPO, EMA self-teacher updated once per optimizer step, IS ratio (≡1 on-policy).
+Dropped here: rollout TIS against a separate sampler (the HF engine samples with the
+trained weights; the ratio would be ≈1) and the entropy bonus (0 in the paper).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import losses as L
+from .data import RolloutBatch
+from .teacher import RepromptTemplates, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt, self_distillation_mask
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser settings (paper-spec §1.8, science / tool use).
+
+    Attributes:
+        lr: peak learning rate (paper: 1e-5, constant after warmup).
+        betas: AdamW betas (paper: (0.9, 0.999)).
+        weight_decay: AdamW weight decay (paper: 0.01).
+        warmup_steps: linear warmup optimizer steps (paper: 10).
+        grad_clip: max global grad norm (paper: 1.0); 0 disables clipping.
+    """
+
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+
+
+@dataclass
+class StudentOutput:
+    logits: Tensor  # [n, T, V] at the response positions (predicting response token t)
+    logp: Tensor  # [n, T] log-prob of the sampled tokens at the training temperature
+    entropy: Tensor  # [n, T] (detached)
+
+
+def _response_logits(model: torch.nn.Module, batch: RolloutBatch, input_ids: Tensor, attention_mask: Tensor,
+                     position_ids: Tensor, prompt_width: int) -> Tensor:
+    """Logits predicting the T response tokens, which sit at columns ``prompt_width + t``."""
+    T = batch.response_ids.shape[1]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return out.logits[:, prompt_width - 1 : prompt_width - 1 + T]
+
+
+class PolicyOptimization(pl.LightningModule):
+    """Base module: policy, tokenizer, optimisation loop, logging. Subclasses define the loss.
+
+    Args:
+        model_name_or_path: a local path or hub id of a causal LM (``AutoModelForCausalLM``).
+        optim: optimiser settings.
+        loss_agg_mode: ``token-mean`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum``
+            (see ``losses.aggregate_loss``).
+        torch_dtype: dtype of the policy weights (``float32`` on CPU; ``bfloat16`` on GPU).
+        gradient_checkpointing: enable the model's activation checkpointing.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        optim: OptimConfig = OptimConfig(),
+        loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
+        torch_dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if loss_agg_mode not in L.AGGREGATION_MODES:
+            raise ValueError(f"model.loss_agg_mode must be one of {L.AGGREGATION_MODES}, got {loss_agg_mode!r}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.optim = optim
+        self.loss_agg_mode = loss_agg_mode
+        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+        self.policy = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=getattr(torch, torch_dtype))
+        if gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self._step_time: dict[str, float] = {}
+        self._counters = {"nonfinite_loss": 0, "nonfinite_grad": 0}
+
+    # ------------------------------------------------------------------ extension point
+    def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
+        """This micro-batch's contribution to the step loss, and metrics to log. Override."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers for losses
+    def student_forward(self, batch: RolloutBatch) -> StudentOutput:
+        t0 = time.perf_counter()
+        logits = _response_logits(self.policy, batch, batch.input_ids, batch.attention_mask,
+                                  batch.position_ids, batch.prompt_width).float() / batch.temperature
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logp = logp_all.gather(-1, batch.response_ids[..., None]).squeeze(-1)
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+        self._add_time("student", time.perf_counter() - t0)
+        return StudentOutput(logits=logits, logp=logp, entropy=entropy)
+
+    def reduce(self, tensor: Tensor, op: L.ReduceOp) -> Tensor:
+        """Global reduction over data-parallel ranks (identity on one process)."""
+        return L.distributed_reduce()(tensor, op)
+
+    def normalizer(self, lengths: Tensor) -> Tensor:
+        """Global normaliser for ``loss_agg_mode`` from the per-sequence loss-mask token counts
+        of this rank's whole optimizer step (``losses.global_normalizer``)."""
+        return L.global_normalizer(lengths, self.loss_agg_mode, reduce=self.reduce).to(self.device)
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _add_time(self, phase: str, seconds: float) -> None:
+        self._step_time[phase] = self._step_time.get(phase, 0.0) + seconds
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def configure_optimizers(self) -> Any:
+        o = self.optim
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        warm = max(0, int(o.warmup_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: RolloutBatch, batch_idx: int) -> None:
+        if batch.micro_index == 0:
+            self._step_time = {}
+            self._step_metrics: dict[str, list[float]] = {}
+            self._step_tokens = 0
+            self._step_t0 = time.perf_counter()
+
+    def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
+        opt = self.optimizers()
+        loss, metrics = self.compute_loss(batch)
+        t0 = time.perf_counter()
+        if torch.isfinite(loss):
+            # contributions sum to the global loss; DDP/FSDP average gradients over ranks
+            self.manual_backward(loss * self.world_size)
+        else:
+            self._counters["nonfinite_loss"] += 1
+            self.print(f"warning: non-finite loss at step {self.global_step}; micro-batch skipped")
+        self._add_time("backward", time.perf_counter() - t0)
+        for k, v in {"loss": loss.detach().item(), **metrics}.items():
+            self._step_metrics.setdefault(k, []).append(v)
+        self._step_tokens += int(batch.attention_mask.sum())
+        if batch.last_in_step:
+            self._optimizer_step(opt, batch)
+        return loss.detach()
+
+    def _optimizer_step(self, opt: Any, batch: RolloutBatch) -> None:
+        t0 = time.perf_counter()
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        # the global norm before clipping (under FSDP: of this rank's shard)
+        grad_norm = (torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
+                     if params else torch.tensor(0.0))
+        if self.optim.grad_clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+        if torch.isfinite(grad_norm):
+            opt.step()
+            self.on_policy_updated()
+        else:
+            self._counters["nonfinite_grad"] += 1
+            self.print(f"warning: non-finite grad norm at step {self.global_step}; update skipped")
+        opt.zero_grad(set_to_none=True)
+        self.lr_schedulers().step()
+        self._add_time("optimizer", time.perf_counter() - t0)
+        train_seconds = time.perf_counter() - self._step_t0
+        logs = {f"train/{k}": sum(v) if k == "loss" else sum(v) / len(v) for k, v in self._step_metrics.items()}
+        logs.update({f"rollout/{k}": v for k, v in batch.stats.items() if not k.startswith("time_")})
+        logs.update({f"time/{k[5:]}": v for k, v in batch.stats.items() if k.startswith("time_")})
+        logs.update({f"time/{k}": v for k, v in self._step_time.items()})
+        logs["train/grad_norm"] = grad_norm.item()
+        logs["train/lr"] = opt.param_groups[0]["lr"]
+        logs["train/tokens_per_s"] = self._step_tokens / max(train_seconds, 1e-9)
+        logs.update({f"train/{k}": float(v) for k, v in self._counters.items()})
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.num_sequences)
+
+    def on_policy_updated(self) -> None:
+        """Called once after each successful optimizer step (e.g. the teacher's EMA)."""
+
+    def validation_step(self, batch: RolloutBatch, batch_idx: int) -> None:
+        n = batch.num_sequences
+        self.log("val/reward", batch.rewards.float().mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("val/response_length", batch.response_mask.sum(1).mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        fmt = torch.tensor([p is not None for p in batch.preds], dtype=torch.float32).mean()
+        self.log("val/format_rate", fmt, on_epoch=True, batch_size=n, sync_dist=True)
+
+    test_step = validation_step
+
+
+class GRPO(PolicyOptimization):
+    """Group-relative policy optimisation (the paper's baseline, paper-spec §1.8).
+
+    Args:
+        norm_adv_by_std: divide advantages by the group std (SDPO's baseline: False).
+        eps_low, eps_high: PPO clip range (0.2 / 0.28, "clip-higher").
+        kl_coef: KL-to-reference coefficient (0 = off, as in the paper); > 0 keeps a frozen
+            copy of the initial policy.
+        loss_agg_mode: default ``token-mean`` (the paper's GRPO baseline).
+        **kwargs: see :class:`PolicyOptimization`.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        norm_adv_by_std: bool = False,
+        eps_low: float = 0.2,
+        eps_high: float = 0.28,
+        kl_coef: float = 0.0,
+        optim: OptimConfig = OptimConfig(),
+        loss_agg_mode: L.AggregationMode = "token-mean",
+        torch_dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing)
+        self.norm_adv_by_std, self.eps_low, self.eps_high, self.kl_coef = norm_adv_by_std, eps_low, eps_high, kl_coef
+        self.reference = SelfTeacher(self.policy, mode="frozen") if kl_coef > 0 else None
+
+    def reference_logp(self, batch: RolloutBatch) -> Optional[Tensor]:
+        """Sampled-token log-probs under the frozen initial policy (only when ``kl_coef > 0``)."""
+        if self.reference is None:
+            return None
+        with torch.no_grad():
+            logits = _response_logits(self.reference.weights, batch, batch.input_ids, batch.attention_mask,
+                                      batch.position_ids, batch.prompt_width).float() / batch.temperature
+        return torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+
+    def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
+        student = self.student_forward(batch)
+        per_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high,
+                                 _on_policy(self), self.reference_logp(batch), self.kl_coef)
+        mask = batch.response_mask
+        loss = L.aggregate_loss(per_tok, mask, self.loss_agg_mode, self.normalizer(batch.step.response_lengths))
+        return loss, {"entropy": _masked_mean(student.entropy, mask), **_weight_stats(batch)}
+
+
+class SDPO(PolicyOptimization):
+    """Self-distillation policy optimisation (paper-spec §1). With the
+    :class:`~lit_scsdpo.callbacks.DifficultyWeighting` callback it is SC-SDPO.
+
+    Args:
+        alpha: generalised-JSD mixing (0 forward KL, 1 reverse KL; paper: 0.5).
+        topk: student top-K support (paper: 100); None = full vocabulary.
+        add_tail: add the tail bucket (paper: True).
+        full_logit_distillation: False = the token-level (sampled-token) estimator, reverse KL.
+        is_clip: SDPO importance-ratio clip (paper: 2; the ratio is 1 on-policy).
+        teacher_mode: ``ema`` (paper) | ``frozen`` | ``live`` | ``trust_region``.
+        teacher_rate: EMA rate (paper: 0.05 science/tool use) or trust-region α.
+        success_threshold: reward counted as success (paper YAML: 0.5).
+        dont_reprompt_on_self_success: never demonstrate with the rollout itself (paper: True).
+        include_feedback: put environment feedback in the reprompt (science/tool use: False).
+        feedback_only_without_solution: feedback only when there is no demonstration (True).
+        remove_thinking: strip ``<think>`` blocks from demonstrations (True).
+        max_teacher_prompt_tokens: teacher prompt budget (paper: 10240); the demonstration
+            text is truncated to fit.
+        templates: the reprompt templates (paper-spec §1.2(4)).
+        grpo_lambda: λ of the GRPO mix (paper §4.5; 0 = pure SDPO, the science/tool setting).
+        norm_adv_by_std, eps_low, eps_high: GRPO settings used when ``grpo_lambda > 0``.
+        **kwargs: see :class:`PolicyOptimization`.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        alpha: float = 0.5,
+        topk: Optional[int] = 100,
+        add_tail: bool = True,
+        full_logit_distillation: bool = True,
+        is_clip: float = 2.0,
+        teacher_mode: TeacherMode = "ema",
+        teacher_rate: float = 0.05,
+        success_threshold: float = 0.5,
+        dont_reprompt_on_self_success: bool = True,
+        include_feedback: bool = False,
+        feedback_only_without_solution: bool = True,
+        remove_thinking: bool = True,
+        max_teacher_prompt_tokens: int = 10240,
+        templates: RepromptTemplates = RepromptTemplates(),
+        grpo_lambda: float = 0.0,
+        norm_adv_by_std: bool = False,
+        eps_low: float = 0.2,
+        eps_high: float = 0.28,
+        optim: OptimConfig = OptimConfig(),
+        loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
+        torch_dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing)
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"model.alpha must be in [0, 1], got {alpha}")
+        if not full_logit_distillation and alpha != 1.0:
+            raise ValueError("model.full_logit_distillation=False (token-level) supports only reverse KL: alpha=1")
+        if not 0 <= grpo_lambda <= 1:
+            raise ValueError(f"model.grpo_lambda must be in [0, 1], got {grpo_lambda}")
+        self.alpha, self.topk, self.add_tail = alpha, topk, add_tail
+        self.full_logit_distillation, self.is_clip = full_logit_distillation, is_clip
+        self.success_threshold = success_threshold
+        self.dont_reprompt_on_self_success = dont_reprompt_on_self_success
+        self.include_feedback, self.feedback_only_without_solution = include_feedback, feedback_only_without_solution
+        self.remove_thinking, self.max_teacher_prompt_tokens = remove_thinking, max_teacher_prompt_tokens
+        self.templates = templates
+        self.grpo_lambda, self.norm_adv_by_std, self.eps_low, self.eps_high = grpo_lambda, norm_adv_by_std, eps_low, eps_high
+        self.teacher = SelfTeacher(self.policy, teacher_mode, teacher_rate)
+
+    def on_policy_updated(self) -> None:
+        self.teacher.update()  # once per optimizer step (paper-spec §1.5, A16)
+
+    # ------------------------------------------------------------------ teacher inputs
+    def teacher_inputs(self, batch: RolloutBatch) -> tuple[Optional[dict[str, Tensor]], Tensor, dict[str, float]]:
+        """Teacher token inputs for the rows that have a teacher context.
+
+        Returns ``(inputs or None, active [n] bool, metrics)``; ``inputs`` are ordered like the
+        active rows, laid out as ``[left-padded reprompt | the same response ids]``.
+        """
+        reprompts = build_reprompts(
+            batch.messages, batch.responses, batch.rewards.tolist(), batch.group_ids.tolist(), batch.feedback,
+            self.success_threshold, self.dont_reprompt_on_self_success, self.include_feedback,
+            self.feedback_only_without_solution, self.remove_thinking,
+        )
+        prompts: list[Optional[list[int]]] = []
+        truncated = 0
+        for rp in reprompts:
+            ids = None
+            if rp.active:
+                ids, cut = fit_reprompt(self.tokenizer, rp, self.max_teacher_prompt_tokens, self.templates,
+                                        batch.enable_thinking)
+                truncated += int(cut)
+            prompts.append(ids)
+        active = torch.tensor([p is not None for p in prompts], dtype=torch.bool)
+        metrics = {
+            "reprompt_fraction": active.float().mean().item(),
+            "feedback_fraction": sum(rp.feedback is not None for rp in reprompts) / len(reprompts),
+            "teacher_truncated": float(truncated),
+        }
+        rows = [i for i, p in enumerate(prompts) if p is not None]
+        if not rows:
+            return None, active, metrics
+        T = batch.response_ids.shape[1]
+        P = max(len(prompts[i]) for i in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), P + T), pad, dtype=torch.long)
+        attn = torch.zeros((len(rows), P + T), dtype=torch.long)
+        for k, i in enumerate(rows):
+            p = prompts[i]
+            ids[k, P - len(p) : P] = torch.tensor(p)
+            attn[k, P - len(p) : P] = 1
+        ids[:, P:] = batch.response_ids[rows].cpu()  # the student's response ids, unchanged
+        attn[:, P:] = batch.response_mask[rows].long().cpu()
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        dev = batch.input_ids.device
+        return {"input_ids": ids.to(dev), "attention_mask": attn.to(dev), "position_ids": pos.to(dev),
+                "prompt_width": P}, active.to(dev), metrics
+
+    def teacher_logits(self, batch: RolloutBatch, inputs: dict[str, Any]) -> Tensor:
+        """Teacher logits at the response positions of the active rows, ``[n_active, T, V]``."""
+        t0 = time.perf_counter()
+        P, T = inputs["prompt_width"], batch.response_ids.shape[1]
+        logits = self.teacher.logits(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                     position_ids=inputs["position_ids"], use_cache=False)
+        self._add_time("teacher", time.perf_counter() - t0)
+        return logits[:, P - 1 : P - 1 + T] / batch.temperature
+
+    def step_sd_mask_lengths(self, batch: RolloutBatch) -> Tensor:
+        """Per-sequence loss-mask token counts over the whole optimizer step (for token-mean)."""
+        s = batch.step
+        sd = self_distillation_mask(s.rewards.tolist(), s.group_ids.tolist(), s.has_feedback.tolist(),
+                                    self.success_threshold, self.dont_reprompt_on_self_success, self.include_feedback)
+        return s.response_lengths.cpu() * torch.tensor(sd, dtype=torch.long)
+
+    # ------------------------------------------------------------------ the loss
+    def sdpo_per_token(self, batch: RolloutBatch, student: StudentOutput) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Per-token SDPO loss ``[n, T]`` (× IS ratio) and the self-distillation mask ``[n]``."""
+        inputs, active, metrics = self.teacher_inputs(batch)
+        per_tok = student.logp * 0.0  # zeros attached to the graph: an all-masked batch still backprops
+        if inputs is not None:
+            t_logits = self.teacher_logits(batch, inputs)
+            s_logits = student.logits[active]
+            if self.full_logit_distillation:
+                # temperature already applied to both sides in student_forward / teacher_logits
+                div = L.distillation_loss(s_logits, t_logits, self.alpha, self.topk, self.add_tail, 1.0)
+            else:
+                t_logp = torch.log_softmax(t_logits, -1).gather(-1, batch.response_ids[active][..., None]).squeeze(-1)
+                div = L.token_level_distillation_loss(student.logp[active], t_logp)
+            per_tok = per_tok.index_put((active.nonzero().squeeze(1),), div)
+        old = student.logp.detach()  # on-policy: old = current, so the ratio is exactly 1
+        per_tok = per_tok * L.importance_ratio(student.logp, old, self.is_clip)
+        return per_tok, active, metrics
+
+    def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
+        student = self.student_forward(batch)
+        per_tok, active, metrics = self.sdpo_per_token(batch, student)
+        mask = batch.response_mask * active[:, None].float()
+        loss = L.aggregate_loss(per_tok, mask, self.loss_agg_mode, self.normalizer(self.step_sd_mask_lengths(batch)),
+                                weights=batch.question_weights)
+        metrics["distill_loss"] = loss.item()
+        if self.grpo_lambda > 0:
+            grpo_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high, _on_policy(self))
+            grpo = L.aggregate_loss(grpo_tok, batch.response_mask,
+                                    self.loss_agg_mode, self.normalizer(batch.step.response_lengths))
+            loss = L.mix_losses(grpo, loss, self.grpo_lambda)
+        return loss, {**metrics, "entropy": _masked_mean(student.entropy, batch.response_mask), **_weight_stats(batch)}
+
+
+def grpo_per_token(
+    batch: RolloutBatch,
+    student: StudentOutput,
+    norm_adv_by_std: bool = False,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    on_policy: bool = True,
+    ref_logp: Optional[Tensor] = None,
+    kl_coef: float = 0.0,
+) -> Tensor:
+    """Per-token GRPO loss of a micro-batch of whole groups (``losses.grpo_token_loss``).
+
+    On-policy the old log-probs are the current ones detached (ratio ≡ 1, as verl); with
+    several updates per rollout batch they are the sampler's."""
+    adv = L.group_advantages(batch.rewards.view(-1, batch.group_size), norm_adv_by_std).view(-1, 1)
+    old = student.logp.detach() if on_policy else batch.sampler_logprobs
+    return L.grpo_token_loss(student.logp, old, adv.to(student.logp), eps_low, eps_high, ref_logp, kl_coef)
+
+
+def _on_policy(module: pl.LightningModule) -> bool:
+    dm = getattr(module._trainer, "datamodule", None) if module._trainer is not None else None
+    return getattr(dm, "updates_per_batch", 1) == 1
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> float:
+    return ((x * mask).sum() / mask.sum().clamp_min(1)).item()
+
+
+def _weight_stats(batch: RolloutBatch) -> dict[str, float]:
+    w = batch.question_weights[:: batch.group_size]
+    return {"weight_mean": w.mean().item(), "weight_min": w.min().item(), "weight_max": w.max().item()}

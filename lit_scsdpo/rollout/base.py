@@ -1,0 +1,78 @@
+"""The rollout engine protocol: prompts (token ids) in, sampled responses (token ids) out.
+
+An engine never decodes and re-tokenises: what it returns are the exact token ids the
+policy sampled, and the trainer scores those same ids (pitfalls 10). The DataModule calls
+:meth:`RolloutEngine.update_weights` with the current policy before each generation, so an
+engine that keeps its own copy of the weights (vLLM) can refresh it; one that samples from
+the policy object itself (transformers ``generate``) just keeps a reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled.
+
+    Attributes:
+        temperature: 1.0 for training rollouts and 0.6 for validation in the paper
+            (paper-spec §1.8); 0 means greedy decoding.
+        top_p: nucleus sampling mass; 1.0 for training, 0.95 for validation (paper).
+        max_new_tokens: response length cap; 8192 in the paper, small on CPU.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Generations:
+    """``len(prompts) * n`` responses, prompt-major (prompt 0's n samples first).
+
+    Attributes:
+        prompt_index: for each response, the index of its prompt in the request.
+        response_ids: the sampled token ids, up to and including the stop token if one was
+            sampled; never padded.
+        logprobs: per-token log-probabilities of the sampled ids under the policy at the
+            sampling temperature (``log_softmax(logits / T)``, before top-p truncation), as
+            the trainer computes them; used for rollout importance correction.
+        finished: True if the response ended with a stop token (False: cut at max tokens).
+        seconds: wall time of the generation.
+    """
+
+    prompt_index: list[int] = field(default_factory=list)
+    response_ids: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+    finished: list[bool] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(r) for r in self.response_ids)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Samples responses from the current policy."""
+
+    def update_weights(self, policy: torch.nn.Module) -> None:
+        """Make the next :meth:`generate` sample from ``policy``'s current weights."""
+
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig
+    ) -> Generations:
+        """Sample ``n`` responses for each prompt (token ids, no padding)."""

@@ -1,0 +1,121 @@
+"""Rollouts with transformers ``generate``: the CPU / small-model default engine.
+
+It samples from the policy object itself (no weight copy), in batches of left-padded
+prompts, and returns token ids plus the per-token log-probs of the sampled ids. For large
+models use the vLLM engine; this one keeps all step logits of a batch in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+
+from .base import Generations, SamplingConfig
+
+
+class HFGenerateEngine:
+    """Batched ``model.generate`` with left padding, temperature / top-p, stop at EOS.
+
+    Args:
+        batch_size: sequences (prompts × n) per ``generate`` call; bounds memory.
+        stop_token_ids: ids that end a response; default the policy's
+            ``generation_config.eos_token_id``.
+        pad_token_id: id used for left padding; default the policy's pad id (else the
+            first stop id).
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        stop_token_ids: Optional[list[int]] = None,
+        pad_token_id: Optional[int] = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"engine.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.stop_token_ids = stop_token_ids
+        self.pad_token_id = pad_token_id
+        self.policy: Optional[torch.nn.Module] = None
+
+    def update_weights(self, policy: torch.nn.Module) -> None:
+        self.policy = policy  # same object: always the current weights
+
+    def _ids(self) -> tuple[list[int], int]:
+        gen_cfg = getattr(self.policy, "generation_config", None)
+        stops = self.stop_token_ids
+        if stops is None:
+            eos = getattr(gen_cfg, "eos_token_id", None)
+            stops = [eos] if isinstance(eos, int) else list(eos or [])
+        if not stops:
+            raise ValueError("no stop token: set engine.stop_token_ids or the model's eos_token_id")
+        pad = self.pad_token_id
+        if pad is None:
+            pad = getattr(gen_cfg, "pad_token_id", None)
+        return list(stops), stops[0] if pad is None else int(pad)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Generations:
+        if self.policy is None:
+            raise RuntimeError("HFGenerateEngine.generate called before update_weights(policy)")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        stops, pad = self._ids()
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        device = next(policy.parameters()).device
+        out = Generations()
+        t0 = time.perf_counter()
+        per_call = max(1, self.batch_size // n)
+        try:
+            for start in range(0, len(prompts), per_call):
+                chunk = prompts[start : start + per_call]
+                self._generate_chunk(chunk, start, n, sampling, stops, pad, device, out)
+        finally:
+            policy.train(was_training)
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def _generate_chunk(self, chunk, offset, n, sampling, stops, pad, device, out) -> None:
+        width = max(len(p) for p in chunk)
+        if any(len(p) == 0 for p in chunk):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, p in enumerate(chunk):
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention[i, width - len(p) :] = 1
+        greedy = sampling.temperature == 0
+        kwargs = dict(do_sample=False) if greedy else dict(
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
+        )
+        res = self.policy.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=n,
+            eos_token_id=stops,
+            pad_token_id=pad,
+            return_dict_in_generate=True,
+            output_logits=True,
+            **kwargs,
+        )
+        new = res.sequences[:, width:].cpu()
+        # raw logits of each step -> log-probs at the sampling temperature
+        logits = torch.stack(res.logits, dim=1).float().cpu()  # [N, steps, V]
+        temp = 1.0 if greedy else sampling.temperature
+        logp = torch.log_softmax(logits / temp, dim=-1).gather(-1, new[..., None]).squeeze(-1)
+        stop_set = set(stops)
+        for row in range(new.shape[0]):
+            ids = new[row].tolist()
+            length, finished = len(ids), False
+            for j, tok in enumerate(ids):
+                if tok in stop_set:
+                    length, finished = j + 1, True
+                    break
+            out.prompt_index.append(offset + row // n)
+            out.response_ids.append(ids[:length])
+            out.logprobs.append(logp[row, :length].tolist())
+            out.finished.append(finished)

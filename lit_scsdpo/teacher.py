@@ -1,0 +1,248 @@
+"""The SDPO self-teacher: reprompt construction, the self-distillation mask, and the
+regularised teacher weights (EMA by default). Paper-spec §1.2 (reprompting), §1.5 (teacher
+regularisation), §7 items 5, 8 and 11.
+
+The reprompt builder is a pure function of the rollouts of a batch (whole groups): for each
+rollout it picks the first *other* successful rollout of the same question as the
+demonstration (never the rollout itself), adds environment feedback only when enabled and,
+by default, only when there is no demonstration, and renders the teacher chat (original
+system messages + one user message with the reprompt text). The student's response token ids
+are appended to the teacher prompt unchanged; they are never re-tokenised.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .chat import render_prompt, strip_thinking
+
+TeacherMode = Literal["ema", "frozen", "live", "trust_region"]
+
+
+@dataclass
+class RepromptTemplates:
+    """The teacher prompt templates (SDPO's effective YAML strings, paper-spec §1.2(4)).
+
+    Attributes:
+        reprompt: the user message; ``{prompt}`` is the original last user message,
+            ``{solution}`` and ``{feedback}`` the rendered sections ("" when absent).
+        solution: the demonstration section; ``{successful_previous_attempt}``.
+        feedback: the feedback section; ``{feedback_raw}``.
+    """
+
+    reprompt: str = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
+    solution: str = "\nCorrect solution:\n\n{successful_previous_attempt}"
+    feedback: str = "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}"
+
+
+@dataclass
+class Reprompt:
+    """The teacher context of one rollout.
+
+    Attributes:
+        system: the original system messages, kept as they are.
+        prompt: the content of the original last user message.
+        demonstration: the sibling's successful response text (None: no demonstration).
+        feedback: the environment feedback used (None: not used).
+        demo_index: batch index of the demonstrating rollout.
+    """
+
+    system: list[dict[str, str]]
+    prompt: str
+    demonstration: Optional[str] = None
+    feedback: Optional[str] = None
+    demo_index: Optional[int] = None
+
+    @property
+    def active(self) -> bool:
+        """The self-distillation mask: trained iff it has a demonstration or feedback."""
+        return self.demonstration is not None or self.feedback is not None
+
+    def messages(self, templates: RepromptTemplates = RepromptTemplates()) -> list[dict[str, str]]:
+        solution = (
+            templates.solution.format(successful_previous_attempt=self.demonstration)
+            if self.demonstration is not None
+            else ""
+        )
+        feedback = (
+            templates.feedback.format(feedback_raw=self.feedback) if self.feedback is not None else ""
+        )
+        text = templates.reprompt.format(prompt=self.prompt, solution=solution, feedback=feedback)
+        return [*self.system, {"role": "user", "content": text}]
+
+
+def self_distillation_mask(
+    rewards: Sequence[float],
+    group_ids: Sequence[Any],
+    has_feedback: Sequence[bool],
+    success_threshold: float = 0.5,
+    dont_reprompt_on_self_success: bool = True,
+    include_feedback: bool = False,
+) -> list[bool]:
+    """Which rollouts get a teacher context (paper-spec §1.2(6), §7 item 5).
+
+    A rollout is trained iff another rollout of its question succeeded (or itself, when
+    ``dont_reprompt_on_self_success`` is False), or feedback is enabled and non-empty.
+    """
+    successes: dict[Any, list[int]] = {}
+    for i, (r, g) in enumerate(zip(rewards, group_ids)):
+        if r >= success_threshold:
+            successes.setdefault(g, []).append(i)
+    mask = []
+    for i, g in enumerate(group_ids):
+        others = [j for j in successes.get(g, []) if j != i or not dont_reprompt_on_self_success]
+        mask.append(bool(others) or (include_feedback and bool(has_feedback[i])))
+    return mask
+
+
+def build_reprompts(
+    messages: Sequence[list[dict[str, str]]],
+    responses: Sequence[str],
+    rewards: Sequence[float],
+    group_ids: Sequence[Any],
+    feedback: Sequence[str],
+    success_threshold: float = 0.5,
+    dont_reprompt_on_self_success: bool = True,
+    include_feedback: bool = False,
+    feedback_only_without_solution: bool = True,
+    remove_thinking: bool = True,
+) -> list[Reprompt]:
+    """Build each rollout's teacher context from its group (paper-spec §1.2).
+
+    Args:
+        messages: the original chat of each rollout (system messages + user question).
+        responses: each rollout's decoded response (special tokens skipped).
+        rewards: each rollout's reward; success iff ``reward >= success_threshold`` (0.5).
+        group_ids: the question id of each rollout (rollouts of a question share it).
+        feedback: each rollout's environment feedback ("" if none).
+        dont_reprompt_on_self_success: exclude the rollout's own response (True in every
+            paper experiment).
+        include_feedback: use feedback (False for science / tool use, the SC-SDPO setting).
+        feedback_only_without_solution: use feedback only when there is no demonstration.
+        remove_thinking: strip ``<think>...</think>`` from demonstrations.
+
+    Returns:
+        One :class:`Reprompt` per rollout, in batch order. The demonstration is the first
+        other success in batch order.
+    """
+    n = len(messages)
+    if not (len(responses) == len(rewards) == len(group_ids) == len(feedback) == n):
+        raise ValueError("build_reprompts: messages, responses, rewards, group_ids, feedback differ in length")
+    first_successes: dict[Any, list[int]] = {}
+    for i in range(n):
+        if rewards[i] >= success_threshold:
+            first_successes.setdefault(group_ids[i], []).append(i)
+    out = []
+    for i in range(n):
+        msgs = messages[i]
+        if not msgs or msgs[-1].get("role") != "user":
+            raise ValueError(f"rollout {i}: the original chat must end with a user message")
+        system = [m for m in msgs[:-1] if m.get("role") == "system"]
+        rp = Reprompt(system=system, prompt=msgs[-1]["content"])
+        candidates = [
+            j for j in first_successes.get(group_ids[i], []) if j != i or not dont_reprompt_on_self_success
+        ]
+        if candidates:
+            rp.demo_index = candidates[0]
+            demo = responses[candidates[0]]
+            rp.demonstration = strip_thinking(demo) if remove_thinking else demo
+        if include_feedback and feedback[i] and not (feedback_only_without_solution and rp.demonstration is not None):
+            rp.feedback = feedback[i]
+        out.append(rp)
+    return out
+
+
+def fit_reprompt(
+    tokenizer: Any,
+    reprompt: Reprompt,
+    max_tokens: int,
+    templates: RepromptTemplates = RepromptTemplates(),
+    enable_thinking: bool = False,
+) -> tuple[Optional[list[int]], bool]:
+    """Teacher prompt ids within ``max_tokens``, truncating *inside* the demonstration (or the
+    feedback) text, never the question or the assistant header (pitfalls 12).
+
+    Returns:
+        ``(ids, truncated)``; ``ids`` is None when even an empty demonstration/feedback does
+        not fit (the rollout is then masked and counted).
+    """
+    ids = render_prompt(tokenizer, reprompt.messages(templates), enable_thinking)
+    if len(ids) <= max_tokens:
+        return ids, False
+    field = "demonstration" if reprompt.demonstration is not None else "feedback"
+    text = getattr(reprompt, field)
+    if text is None:
+        return None, True
+    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = len(text_ids) - (len(ids) - max_tokens)
+    while keep > 0:
+        cut = copy.copy(reprompt)
+        setattr(cut, field, tokenizer.decode(text_ids[:keep]))
+        ids = render_prompt(tokenizer, cut.messages(templates), enable_thinking)
+        if len(ids) <= max_tokens:
+            return ids, True
+        keep -= max(1, len(ids) - max_tokens)  # re-tokenisation at the cut can shift a token
+    return None, True
+
+
+def _detached_copy(policy: nn.Module) -> nn.Module:
+    teacher = copy.deepcopy(policy).float()  # fp32 EMA (pitfalls 5)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return teacher
+
+
+class SelfTeacher(nn.Module):
+    """The teacher weights θ' and their regularisation (paper-spec §1.5).
+
+    Args:
+        policy: the student policy (a causal LM).
+        mode: ``ema`` (default): an fp32 copy updated ``θ' ← (1−rate)θ' + rate·θ`` after each
+            optimizer step; ``frozen``: the initial weights θ_0; ``live``: the current policy
+            itself (no anchor; diverges in the paper's Table 4); ``trust_region``: logits
+            ``(1−rate)·ref + rate·current`` with ``ref`` the frozen θ_0 (paper Eq. 6).
+        rate: EMA rate (0.05 for science/tool use, 0.01 for LCB), or the trust-region mix α.
+    """
+
+    def __init__(self, policy: nn.Module, mode: TeacherMode = "ema", rate: float = 0.05) -> None:
+        super().__init__()
+        if mode not in ("ema", "frozen", "live", "trust_region"):
+            raise ValueError(f"teacher.mode must be ema|frozen|live|trust_region, got {mode!r}")
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"teacher.rate must be in [0, 1], got {rate}")
+        self.mode, self.rate = mode, rate
+        # the policy is held by reference only (not a submodule: it is saved with the module)
+        object.__setattr__(self, "_policy", policy)
+        self.weights: Optional[nn.Module] = None if mode == "live" else _detached_copy(policy)
+
+    def train(self, mode: bool = True) -> "SelfTeacher":
+        super().train(mode)
+        if self.weights is not None:
+            self.weights.eval()  # no dropout in the teacher, ever
+        return self
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One EMA step (mode ``ema``); a no-op for the other modes."""
+        if self.mode != "ema":
+            return
+        for t, s in zip(self.weights.parameters(), self._policy.parameters()):
+            t.lerp_(s.detach().to(t.dtype), self.rate)
+        for t, s in zip(self.weights.buffers(), self._policy.buffers()):
+            t.copy_(s)
+
+    @torch.no_grad()
+    def logits(self, **model_inputs: Any) -> torch.Tensor:
+        """Teacher logits for ``model_inputs`` (input_ids, attention_mask, position_ids)."""
+        if self.mode == "live":
+            return self._policy(**model_inputs).logits.float()
+        ref = self.weights(**model_inputs).logits.float()
+        if self.mode == "trust_region":
+            current = self._policy(**model_inputs).logits.float()
+            return torch.lerp(ref, current, self.rate)
+        return ref
