@@ -38,6 +38,7 @@ class StepInfo:
     group_ids: torch.Tensor  # [n_step] question index of each sequence
     has_feedback: torch.Tensor  # [n_step] bool: non-empty environment feedback
     response_lengths: torch.Tensor  # [n_step] response token counts
+    question_weights: torch.Tensor  # [n_step] the weight of each sequence's question
     num_micro_batches: int = 1
 
 
@@ -376,6 +377,7 @@ def collate_rollouts(
         group_ids=torch.tensor([i // G for i in step_seqs]),
         has_feedback=torch.tensor([bool(r.scores[i].feedback) for i in step_seqs]),
         response_lengths=torch.tensor([len(r.response_ids[i]) for i in step_seqs]),
+        question_weights=r.question_weights[[i // G for i in step_seqs]].float(),
         num_micro_batches=num_micro,
     )
     return RolloutBatch(

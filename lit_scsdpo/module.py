@@ -26,6 +26,7 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import losses as L
+from .assets import resolve_model_path
 from .data import RolloutBatch
 from .teacher import RepromptTemplates, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt, self_distillation_mask
 
@@ -68,7 +69,8 @@ class PolicyOptimization(pl.LightningModule):
     """Base module: policy, tokenizer, optimisation loop, logging. Subclasses define the loss.
 
     Args:
-        model_name_or_path: a local path or hub id of a causal LM (``AutoModelForCausalLM``).
+        model_name_or_path: a local path or hub id of a causal LM (``AutoModelForCausalLM``),
+            or ``asset:<name>`` for a model shipped in ``lit_scsdpo/assets``.
         optim: optimiser settings.
         loss_agg_mode: ``token-mean`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum``
             (see ``losses.aggregate_loss``).
@@ -91,8 +93,9 @@ class PolicyOptimization(pl.LightningModule):
         self.automatic_optimization = False
         self.optim = optim
         self.loss_agg_mode = loss_agg_mode
-        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-        self.policy = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=getattr(torch, torch_dtype))
+        path = resolve_model_path(model_name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.policy = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, torch_dtype))
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self._step_time: dict[str, float] = {}
@@ -447,5 +450,6 @@ def _masked_mean(x: Tensor, mask: Tensor) -> float:
 
 
 def _weight_stats(batch: RolloutBatch) -> dict[str, float]:
-    w = batch.question_weights[:: batch.group_size]
+    """Question-weight statistics over the whole optimizer step (identical in its micro-batches)."""
+    w = batch.step.question_weights[:: batch.group_size]
     return {"weight_mean": w.mean().item(), "weight_min": w.min().item(), "weight_max": w.max().item()}

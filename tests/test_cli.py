@@ -1,0 +1,119 @@
+"""The real CLI as a subprocess: fit with the three tiny configs on a random-init tiny model,
+TensorBoard events and a checkpoint (with the teacher) read back, then validate --ckpt_path."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "tiny"
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args, timeout=240):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "lit_scsdpo.cli", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def small_overrides(model_path, log_dir):
+    return [
+        "--model.init_args.model_name_or_path", str(model_path),
+        "--trainer.logger.init_args.save_dir", str(log_dir),
+        "--trainer.max_epochs", "3",
+        "--trainer.check_val_every_n_epoch", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--data.task", "tests.toy.DigitTask",
+        "--data.task.init_args.train_size", "64",
+        "--data.task.init_args.val_size", "6",
+        "--data.task.init_args.test_size", "6",
+        "--data.questions_per_step", "4",
+        "--data.rollouts_per_question", "4",
+        "--data.micro_batch_questions", "2",
+        "--data.sampling.max_new_tokens", "10",
+        "--data.val_samples", "2",
+        "--data.val_sampling.max_new_tokens", "10",
+    ]
+
+
+def read_scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted(Path(log_dir).rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard events under {log_dir}"
+    tags = {}
+    for ev in events:
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            tags.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
+    return tags
+
+
+def test_configs_differ_only_where_algorithms_differ():
+    sdpo = yaml.safe_load((CONFIGS / "sdpo.yaml").read_text())
+    scsdpo = yaml.safe_load((CONFIGS / "scsdpo.yaml").read_text())
+    grpo = yaml.safe_load((CONFIGS / "grpo.yaml").read_text())
+    assert sdpo["model"] == scsdpo["model"] and sdpo["data"] == grpo["data"] == scsdpo["data"]
+    cbs = [c["class_path"] for c in scsdpo["trainer"]["callbacks"]]
+    assert "lit_scsdpo.callbacks.DifficultyWeighting" in cbs
+    assert [c for c in scsdpo["trainer"]["callbacks"] if "Difficulty" not in c["class_path"]] == sdpo["trainer"]["callbacks"]
+    assert grpo["model"]["class_path"] == "lit_scsdpo.GRPO"
+    assert grpo["model"]["init_args"]["optim"] == sdpo["model"]["init_args"]["optim"]
+
+
+def test_print_config():
+    out = run_cli(["fit", "--config", str(CONFIGS / "scsdpo.yaml"), "--print_config"], timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["model"]["class_path"] == "lit_scsdpo.SDPO"
+    assert cfg["model"]["init_args"]["teacher_rate"] == 0.05
+    assert cfg["trainer"]["reload_dataloaders_every_n_epochs"] == 1
+
+
+@pytest.mark.parametrize("algo", ["grpo", "sdpo", "scsdpo"])
+def test_fit_then_validate(algo, tiny_model_path, tmp_path):
+    t0 = time.time()
+    out = run_cli(["fit", "--config", str(CONFIGS / f"{algo}.yaml"), *small_overrides(tiny_model_path, tmp_path)])
+    fit_seconds = time.time() - t0
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert fit_seconds < 120, f"fit took {fit_seconds:.0f}s"
+    scalars = read_scalars(tmp_path)
+    for tag in ["train/loss", "rollout/reward_mean", "rollout/pass_rate_mean", "rollout/frac_p0",
+                "rollout/frac_p1", "train/weight_mean", "train/weight_min", "train/weight_max",
+                "rollout/response_length", "train/entropy", "train/grad_norm", "train/lr",
+                "rollout/gen_tokens_per_s", "train/tokens_per_s", "time/generate", "time/student",
+                "time/optimizer", "val/reward"]:
+        assert tag in scalars, f"{tag} not logged; have {sorted(scalars)}"
+    assert len(scalars["train/loss"]) == 3  # one optimizer step per epoch
+    assert all(v == v for v in scalars["train/loss"])  # no NaN
+    if algo != "grpo":
+        assert "train/reprompt_fraction" in scalars and "time/teacher" in scalars
+        assert max(scalars["train/reprompt_fraction"]) > 0
+    w_min, w_max = scalars["train/weight_min"], scalars["train/weight_max"]
+    if algo == "scsdpo":  # pass-rate weights: not all 1 (mean 1 over the batch, or all 0)
+        assert any(lo < 1 - 1e-6 or hi > 1 + 1e-6 for lo, hi in zip(w_min, w_max))
+        assert all(abs(m - 1) < 1e-4 or m == 0 for m in scalars["train/weight_mean"])
+    else:
+        assert all(w == 1.0 for w in w_min + w_max)
+
+    ckpts = sorted(tmp_path.rglob("last.ckpt"))
+    assert ckpts, "no checkpoint written"
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    keys = state["state_dict"].keys()
+    assert any(k.startswith("policy.") for k in keys)
+    if algo != "grpo":
+        assert any(k.startswith("teacher.weights.") for k in keys), "the EMA teacher is not in the checkpoint"
+    assert state["RolloutDataModule"]["cursor"] > 0  # the question sampler resumes
+
+    out = run_cli(["validate", "--config", str(CONFIGS / f"{algo}.yaml"), *small_overrides(tiny_model_path, tmp_path),
+                   "--ckpt_path", str(ckpts[0])])
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert "val/reward" in out.stdout

@@ -1,0 +1,173 @@
+"""The modules on hand-made rollouts: token alignment, SC-SDPO = SDPO × w_q, micro-batch
+invariance of the whole loss, non-finite handling, GRPO gradient sign."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_scsdpo import GRPO, SDPO
+from lit_scsdpo import losses as L
+from lit_scsdpo.chat import render_prompt
+from lit_scsdpo.data import Rollouts, collate_rollouts
+from lit_scsdpo.tasks import Score
+
+QUESTIONS = ["What is 2+3?", "What is 9-4?", "What is 12+7?"]
+
+
+def make_rollouts(tok, rewards, responses=None, G=4):
+    """Rollouts of len(rewards)//G questions with the given rewards and response texts."""
+    B = len(rewards) // G
+    messages = [[{"role": "user", "content": QUESTIONS[q % len(QUESTIONS)]}] for q in range(B)]
+    prompt_ids = [render_prompt(tok, m) for m in messages]
+    responses = responses or [f"<answer>{i}{'7' * (i % 3)}</answer>" for i in range(len(rewards))]
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    response_ids = [tok(r, add_special_tokens=False)["input_ids"] + [eos] for r in responses]
+    logprobs = [[-1.0] * len(r) for r in response_ids]
+    scores = [Score(reward=float(r), pred=None) for r in rewards]
+    rows = [{"uid": f"q{q}"} for q in range(B)]
+    return Rollouts(rows, messages, prompt_ids, response_ids, logprobs, responses, scores, G)
+
+
+def batch_of(r, questions=None, step=None, pad=0):
+    questions = list(range(r.num_questions)) if questions is None else questions
+    step = list(range(r.num_questions)) if step is None else step
+    return collate_rollouts(r, questions, step, 0, 1, pad, 1.0, False)
+
+
+class EchoLM(torch.nn.Module):
+    """Logits at position i = 10 · one_hot(input_ids[i]): whoever reads position i sees its token."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        logits = 10.0 * torch.nn.functional.one_hot(input_ids, self.vocab).float() + self.dummy
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.fixture(scope="module")
+def sdpo(tiny_model_path):
+    return SDPO(tiny_model_path, topk=20)
+
+
+def test_token_alignment_student_and_teacher(tiny_model_path):
+    sd = SDPO(tiny_model_path)
+    tok = sd.tokenizer
+    V = len(tok)
+    r = make_rollouts(tok, [1, 0, 1, 0])
+    batch = batch_of(r, pad=tok.pad_token_id)
+    sd.policy = EchoLM(V)
+    sd.teacher.weights = EchoLM(V)
+    inputs, active, _ = sd.teacher_inputs(batch)
+    assert active.tolist() == [True, True, True, True]
+    P = inputs["prompt_width"]
+    assert torch.equal(inputs["input_ids"][:, P:], batch.response_ids)  # same ids, not re-tokenised
+    t_logits = sd.teacher_logits(batch, inputs)
+    student = sd.student_forward(batch)
+    for k in range(4):
+        L_k = int(batch.response_mask[k].sum())
+        resp = batch.response_ids[k, :L_k].tolist()
+        # logits for response token t are read at the position holding token t-1
+        t_prev = [int(inputs["input_ids"][k, P - 1])] + resp[:-1]
+        s_prev = [int(batch.input_ids[k, batch.prompt_width - 1])] + resp[:-1]
+        assert t_logits[k, :L_k].argmax(-1).tolist() == t_prev
+        assert student.logits[k, :L_k].argmax(-1).tolist() == s_prev
+    # the last prompt token is the end of the assistant header on both sides
+    header_end = render_prompt(tok, [{"role": "user", "content": "x"}])[-1]
+    assert int(inputs["input_ids"][0, P - 1]) == header_end == int(batch.input_ids[0, batch.prompt_width - 1])
+    # the teacher prompt holds the demonstration of the first other success
+    text = tok.decode(inputs["input_ids"][1, :P], skip_special_tokens=True)
+    assert "Correct solution:" in text and r.responses[0] in text
+
+
+def test_student_logp_matches_independent_forward(sdpo):
+    r = make_rollouts(sdpo.tokenizer, [1, 0, 1, 0])
+    batch = batch_of(r, pad=sdpo.tokenizer.pad_token_id)
+    student = sdpo.student_forward(batch)
+    for k in range(4):  # each row alone, no padding at all
+        ids = r.prompt_ids[0] + r.response_ids[k]
+        with torch.no_grad():
+            logits = sdpo.policy(input_ids=torch.tensor([ids])).logits[0]
+        P = len(r.prompt_ids[0])
+        ref = torch.log_softmax(logits[P - 1 : -1], -1).gather(-1, torch.tensor(r.response_ids[k])[:, None])[:, 0]
+        assert torch.allclose(student.logp[k, : len(r.response_ids[k])].detach(), ref, atol=1e-4)
+
+
+def test_sc_sdpo_equals_sdpo_times_question_weights(sdpo):
+    # q0: 2/4 successes (p=0.5), q1: 4/4 (p=1), q2: 1/4 (p=0.25)
+    rewards = [1, 1, 0, 0] + [1, 1, 1, 1] + [1, 0, 0, 0]
+    r = make_rollouts(sdpo.tokenizer, rewards)
+    pad = sdpo.tokenizer.pad_token_id
+
+    def loss_with(weights):
+        r.question_weights = torch.tensor(weights, dtype=torch.float32)
+        return sdpo.compute_loss(batch_of(r, pad=pad))[0].item()
+
+    per_q = [loss_with(w) for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
+    assert all(x > 0 for x in per_q)  # SDPO trains on all three, the p̂=1 question included
+    assert loss_with([1, 1, 1]) == pytest.approx(sum(per_q), rel=1e-5)
+    w = L.difficulty_weights(torch.tensor(rewards, dtype=torch.float32).view(3, 4))
+    assert w[1] == 0 and w[0] > w[2] > 0
+    assert loss_with(w.tolist()) == pytest.approx(sum(wq * lq for wq, lq in zip(w.tolist(), per_q)), rel=1e-5)
+
+
+@pytest.mark.parametrize("agg", L.AGGREGATION_MODES)
+def test_sdpo_gradients_invariant_to_micro_batching(tiny_model_path, agg):
+    sd = SDPO(tiny_model_path, topk=10, loss_agg_mode=agg)
+    rewards = [1, 1, 0, 0] + [1, 1, 1, 1] + [1, 0, 0, 0]
+    r = make_rollouts(sd.tokenizer, rewards)
+    r.question_weights = torch.tensor([2.0, 0.5, 1.0])
+    pad = sd.tokenizer.pad_token_id
+
+    def grads(micro):
+        sd.policy.zero_grad()
+        for i in range(0, 3, micro):
+            qs = list(range(i, min(i + micro, 3)))
+            loss, _ = sd.compute_loss(batch_of(r, qs, pad=pad))
+            loss.backward()
+        return torch.cat([p.grad.flatten() for p in sd.policy.parameters()])
+
+    g_full = grads(3)
+    assert g_full.abs().sum() > 0
+    for micro in (1, 2):
+        assert torch.allclose(grads(micro), g_full, atol=1e-6, rtol=1e-4)
+
+
+def test_all_masked_sdpo_loss_is_zero_and_attached(sdpo):
+    r = make_rollouts(sdpo.tokenizer, [0, 0, 0, 0, 1, 0, 0, 0])  # q1's lone success is masked
+    batch = batch_of(r, [0], pad=sdpo.tokenizer.pad_token_id)
+    loss, metrics = sdpo.compute_loss(batch)
+    assert loss.item() == 0.0 and loss.requires_grad and metrics["reprompt_fraction"] == 0.0
+    loss.backward()
+
+
+def test_grpo_gradient_raises_successful_responses(tiny_model_path):
+    m = GRPO(tiny_model_path)
+    r = make_rollouts(m.tokenizer, [1, 0, 0, 0])
+    batch = batch_of(r, pad=m.tokenizer.pad_token_id)
+    opt = torch.optim.SGD(m.policy.parameters(), lr=0.1)
+    before = m.student_forward(batch).logp.detach()
+    loss, _ = m.compute_loss(batch)
+    loss.backward()
+    opt.step()
+    after = m.student_forward(batch).logp.detach()
+    mask = batch.response_mask.bool()
+    seq_delta = [(after[k] - before[k])[mask[k]].sum().item() for k in range(4)]
+    # the responses share tokens (tags, EOS), so only the relative move is guaranteed
+    assert seq_delta[0] > 0 and seq_delta[0] > max(seq_delta[1:])
+
+
+def test_lambda_mix_and_token_level_options(tiny_model_path):
+    r_rewards = [1, 1, 0, 0]
+    mix = SDPO(tiny_model_path, grpo_lambda=0.5)
+    r = make_rollouts(mix.tokenizer, r_rewards)
+    loss, _ = mix.compute_loss(batch_of(r, pad=mix.tokenizer.pad_token_id))
+    assert torch.isfinite(loss)
+    tl = SDPO(tiny_model_path, full_logit_distillation=False, alpha=1.0)
+    loss, m = tl.compute_loss(batch_of(r, pad=tl.tokenizer.pad_token_id))
+    assert torch.isfinite(loss) and m["reprompt_fraction"] == 1.0
+    with pytest.raises(ValueError, match="reverse KL"):
+        SDPO(tiny_model_path, full_logit_distillation=False, alpha=0.5)
