@@ -164,7 +164,6 @@ class _PerSourceMetric(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
-    needs_preds = False
 
     value_sum: Tensor
     count: Tensor
@@ -318,8 +317,6 @@ class MajorityAtK(_PerSourceMetric):
     vote is :func:`majority_vote` (ties to first seen, ``None`` never wins). Requires ``n >= k``.
     """
 
-    needs_preds = True
-
     def __init__(
         self,
         data_sources: Sequence[str],
@@ -358,8 +355,3 @@ class MajorityAtK(_PerSourceMetric):
             else:
                 out.append(_bootstrap_majority(row, s_np[q], self.k, self.n_bootstrap, self.seed))
         return torch.tensor(out, dtype=torch.float64)
-
-    def update(self, data_sources: Sequence[str], scores: Scores, preds: Preds = None) -> None:
-        if preds is None:
-            raise ValueError("maj@k needs preds: one list of n predictions (str or None) per question")
-        super().update(data_sources, scores, preds)

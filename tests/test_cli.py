@@ -117,3 +117,7 @@ def test_fit_then_validate(algo, tiny_model_path, tmp_path):
                    "--ckpt_path", str(ckpts[0])])
     assert out.returncode == 0, out.stderr[-5000:]
     assert "val/reward" in out.stdout
+    # the MajorityVoteEvaluation table, one row per data source (DigitTask keeps arithmetic/L*)
+    assert "Evaluation per data source" in out.stdout
+    for text in ["mean@2", "maj@2", "pass@2", "format_rate", "arithmetic/L0", "arithmetic/L1", "all"]:
+        assert text in out.stdout, text

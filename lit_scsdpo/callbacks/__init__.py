@@ -1,5 +1,7 @@
 """Callbacks: cross-cutting parts of the training loop."""
 
+from .curriculum import CurriculumLogger
 from .difficulty import DifficultyWeighting
+from .evaluation import MajorityVoteEvaluation
 
-__all__ = ["DifficultyWeighting"]
+__all__ = ["CurriculumLogger", "DifficultyWeighting", "MajorityVoteEvaluation"]
