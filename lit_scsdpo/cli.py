@@ -37,6 +37,22 @@ class RLCLI(LightningCLI):
 
             torch.set_num_threads(int(threads))
 
+    def _print_log_dir(self, when: str) -> None:
+        trainer = self.trainer
+        if trainer.is_global_zero and trainer.log_dir:
+            print(f"\n[lit-scsdpo] {when}: logs in {trainer.log_dir}\n"
+                  f"[lit-scsdpo] open them with: tensorboard --logdir {os.path.dirname(trainer.log_dir)}\n",
+                  flush=True)
+
+    def before_fit(self) -> None:  # noqa: D102
+        self._print_log_dir("training")
+
+    def after_fit(self) -> None:  # noqa: D102
+        self._print_log_dir("done")
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or ""
+        if ckpt and self.trainer.is_global_zero:
+            print(f"[lit-scsdpo] last checkpoint: {ckpt}\n", flush=True)
+
 
 def main(args: list[str] | None = None) -> RLCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -148,3 +148,27 @@ def test_teacher_modes():
     assert torch.equal(frozen.weights.weight, w0)
     with pytest.raises(ValueError, match="teacher.mode"):
         SelfTeacher(policy, mode="average")
+
+
+class _LinearLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 5)
+
+    def forward(self, input_ids, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.emb(input_ids))
+
+
+def test_trust_region_teacher_is_logit_lerp():  # paper Eq. 6
+    policy = _LinearLM()
+    teacher = SelfTeacher(policy, mode="trust_region", rate=0.3)
+    ref_logits = policy(torch.tensor([[1, 2]])).logits.detach().clone()
+    with torch.no_grad():
+        policy.emb.weight.add_(torch.randn_like(policy.emb.weight))
+    cur_logits = policy(torch.tensor([[1, 2]])).logits.detach()
+    got = teacher.logits(input_ids=torch.tensor([[1, 2]]))
+    assert torch.allclose(got, 0.7 * ref_logits + 0.3 * cur_logits, atol=1e-6)
+    live = SelfTeacher(policy, mode="live")
+    assert torch.allclose(live.logits(input_ids=torch.tensor([[1, 2]])), cur_logits)

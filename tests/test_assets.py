@@ -1,0 +1,48 @@
+"""The shipped tiny model loads like any HF checkpoint, and its build script is deterministic."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lit_scsdpo.assets import ASSET_DIR, resolve_model_path
+from lit_scsdpo.chat import render_prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_asset_path_resolution():
+    assert resolve_model_path("Qwen/Qwen3-8B") == "Qwen/Qwen3-8B"
+    assert resolve_model_path("asset:tiny-qwen3") == str(ASSET_DIR / "tiny-qwen3")
+    with pytest.raises(FileNotFoundError, match="no shipped asset 'nope'"):
+        resolve_model_path("asset:nope")
+
+
+def test_shipped_asset_loads_and_answers():
+    path = resolve_model_path("asset:tiny-qwen3")
+    size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    assert size <= 10 * 2**20, f"asset is {size / 2**20:.1f} MiB"
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.model_type == "qwen3" and model.config.tie_word_embeddings
+    ids = render_prompt(tok, [{"role": "user", "content": "What is 3+4?"}])
+    out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    text = tok.decode(out[0, len(ids):], skip_special_tokens=True)
+    assert text == "<answer>7</answer>", text
+
+
+def build(out):
+    cmd = [sys.executable, str(ROOT / "scripts" / "build_tiny_asset.py"), "--steps", "3", "--eval-questions", "0",
+           "--threads", "1", "--batch-plain", "16", "--batch-reprompt", "8", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_asset_script_is_deterministic(tmp_path):
+    assert build(tmp_path / "a") == build(tmp_path / "b")
