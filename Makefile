@@ -23,8 +23,9 @@ setup: $(STAMP)
 test: setup
 	$(BIN)/python -m pytest -q
 
+# SC-SDPO on the embedded default (tiny pretrained Qwen3 + arithmetic), CPU, ~10 minutes.
 demo: setup
-	$(BIN)/python -m lit_scsdpo.demo
+	$(BIN)/lit-scsdpo fit --config configs/tiny/scsdpo.yaml
 
 clean:
 	rm -rf $(VENV) lightning_logs .pytest_cache

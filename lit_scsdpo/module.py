@@ -402,6 +402,14 @@ class SDPO(PolicyOptimization):
                 t_logp = torch.log_softmax(t_logits, -1).gather(-1, batch.response_ids[active][..., None]).squeeze(-1)
                 div = L.token_level_distillation_loss(student.logp[active], t_logp)
             per_tok = per_tok.index_put((active.nonzero().squeeze(1),), div)
+            with torch.no_grad():  # teacher diagnostics: a teacher that stops copying shows here first
+                t_logp_all = torch.log_softmax(t_logits.float(), -1)
+                m = batch.response_mask[active]
+                t_ent = -(t_logp_all.exp() * t_logp_all).sum(-1)
+                t_tok = t_logp_all.gather(-1, batch.response_ids[active][..., None]).squeeze(-1)
+                metrics["teacher_entropy"] = _masked_mean(t_ent, m)
+                metrics["teacher_logp_sampled"] = _masked_mean(t_tok, m)
+                metrics["student_logp_sampled"] = _masked_mean(student.logp.detach()[active], m)
         old = student.logp.detach()  # on-policy: old = current, so the ratio is exactly 1
         per_tok = per_tok * L.importance_ratio(student.logp, old, self.is_clip)
         return per_tok, active, metrics
