@@ -200,12 +200,15 @@ def plots(runs: list[dict], opts) -> list[str]:
         axes[0].set_title("SC-SDPO question weights")
         epochs = sorted({int(h["epoch"]) for h in rows})
         mx = [max(float(h["weight"]) for h in rows if int(h["epoch"]) == e) for e in epochs]
-        ess = []
+        ess = []  # Kish ESS / B of each run's batch, averaged over seeds
         for e in epochs:
-            w = [float(h["weight"]) for h in rows if int(h["epoch"]) == e]
-            ess.append(sum(w) ** 2 / max(1e-12, sum(x * x for x in w)) / len(w) * len(sc))
+            per_run = []
+            for r in sc:
+                w = [float(h["weight"]) for h in r["curriculum"] if int(h["epoch"]) == e]
+                per_run.append(sum(w) ** 2 / max(1e-12, sum(x * x for x in w)) / len(w) if w else 0.0)
+            ess.append(statistics.mean(per_run))
         axes[1].plot(epochs, mx, label="max weight (over seeds)", color="tab:red")
-        axes[1].plot(epochs, ess, label="effective sample size / B", color="tab:purple")
+        axes[1].plot(epochs, ess, label="effective sample size / B (mean over seeds)", color="tab:purple")
         axes[1].set_xlabel("optimizer step")
         axes[1].legend()
         axes[1].grid(alpha=0.3)
