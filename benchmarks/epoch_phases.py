@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("extra", nargs="*", help="extra CLI overrides (after --)")
     args = ap.parse_args()
-    from lit_scsdpo.cli import main as cli_main
+    from lit_scsdpo.cli import run as cli_main
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -54,7 +54,8 @@ class RLCLI(LightningCLI):
             print(f"[lit-scsdpo] last checkpoint: {ckpt}\n", flush=True)
 
 
-def main(args: list[str] | None = None) -> RLCLI:
+def run(args: list[str] | None = None) -> RLCLI:
+    """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return RLCLI(
         PolicyOptimization,
@@ -64,6 +65,11 @@ def main(args: list[str] | None = None) -> RLCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``lit-scsdpo`` console script (returns None, so its exit status is 0 on success)."""
+    run(args)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,8 @@ class PolicyOptimization(pl.LightningModule):
         logs["train/lr"] = opt.param_groups[0]["lr"]
         logs["train/tokens_per_s"] = self._step_tokens / max(train_seconds, 1e-9)
         logs.update({f"train/{k}": float(v) for k, v in self._counters.items()})
+        shown = {k: logs.pop(k) for k in ("rollout/reward_mean", "train/loss") if k in logs}  # in the progress bar
+        self.log_dict(shown, on_step=True, on_epoch=False, batch_size=batch.num_sequences, prog_bar=True)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.num_sequences)
 
     def on_policy_updated(self) -> None:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 def run_cli(args, timeout=240):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "lit_scsdpo.cli", *args]
+    # the installed console script, as a user runs it (its exit status must be 0)
+    cmd = [str(Path(sys.executable).with_name("lit-scsdpo")), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

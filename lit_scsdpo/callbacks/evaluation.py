@@ -7,7 +7,9 @@ task's verifier. This callback turns them into torchmetrics (distributed-safe, p
 source and ``all``), logs ``val/<source>/mean@k``, ``maj@k`` (verl's bootstrap, the paper's
 number), ``maj@k_vote`` (one plain vote), ``pass@k``, ``format_rate`` and
 ``response_length``, keeps the best value of each so far (``val/<source>/best_<metric>``),
-and prints a table per data source after ``lit-scsdpo validate`` / ``test``.
+and prints a table per data source after ``lit-scsdpo validate`` / ``test``. While training it
+prints one line per validation, and the score before training when the sanity check runs the
+whole validation set (``trainer.num_sanity_val_steps: -1``, as in the tiny configs).
 """
 
 from __future__ import annotations
@@ -78,17 +80,22 @@ class MajorityVoteEvaluation(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         rollouts = getattr(dm, "validation", None)
-        if rollouts is None or trainer.sanity_checking:
+        if rollouts is None:
             return
         sources = sorted({str(s) for s in dm.val_set["data_source"]}) if "data_source" in dm.val_set.column_names \
             else ["all"]
         if "all" in sources:
             sources.remove("all")
         self.last = self.compute(rollouts, sources, pl_module.device)
+        if trainer.sanity_checking:  # num_sanity_val_steps=-1: the score before training, printed only
+            pl_module.print(f"[validation] before training: {self._headline(self.last)}")
+            self.last = {}
+            return
         for source, values in self.last.items():
             for name, value in values.items():
                 key = f"val/{source}/{name}"
-                pl_module.log(key, value, on_epoch=True, sync_dist=False)
+                headline = source == "all" and name.startswith(("mean@", "maj@")) and not name.endswith("_vote")
+                pl_module.log(key, value, on_epoch=True, sync_dist=False, prog_bar=headline)
                 if name == "response_length" or value != value:
                     continue
                 best_key = f"val/{source}/best_{name}"
@@ -96,8 +103,22 @@ class MajorityVoteEvaluation(pl.Callback):
                 pl_module.log(best_key, self.best[best_key], on_epoch=True, sync_dist=False)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.print_table and trainer.state.fn in ("validate", "test") and self.last:
+        if not self.last:
+            return
+        if self.print_table and trainer.state.fn in ("validate", "test"):
             self._print(self.last)
+        elif trainer.state.fn == "fit" and "all" in self.last:  # one line per validation while training
+            pl_module.print(f"[validation] step {trainer.global_step}: {self._headline(self.last, self.best)}")
+
+    @staticmethod
+    def _headline(table: dict[str, dict[str, float]], best: Optional[dict[str, float]] = None) -> str:
+        row = table.get("all", {})
+        parts = []
+        for n, v in row.items():
+            if n.startswith(("mean@", "maj@")) and not n.endswith("_vote"):
+                b = (best or {}).get(f"val/all/best_{n}")
+                parts.append(f"{n} {100 * v:.1f}%" + (f" (best {100 * b:.1f}%)" if b is not None else ""))
+        return ", ".join(parts)
 
     @rank_zero_only
     def _print(self, table: dict[str, dict[str, float]]) -> None:
