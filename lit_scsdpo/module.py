@@ -182,6 +182,7 @@ class PolicyOptimization(pl.LightningModule):
             self._counters["nonfinite_grad"] += 1
             self.print(f"warning: non-finite grad norm at step {self.global_step}; update skipped")
         opt.zero_grad(set_to_none=True)
+        lr = opt.param_groups[0]["lr"]  # the LR this step used (before the schedule advances)
         self.lr_schedulers().step()
         self._add_time("optimizer", time.perf_counter() - t0)
         train_seconds = time.perf_counter() - self._step_t0
@@ -190,7 +191,7 @@ class PolicyOptimization(pl.LightningModule):
         logs.update({f"time/{k[5:]}": v for k, v in batch.stats.items() if k.startswith("time_")})
         logs.update({f"time/{k}": v for k, v in self._step_time.items()})
         logs["train/grad_norm"] = grad_norm.item()
-        logs["train/lr"] = opt.param_groups[0]["lr"]
+        logs["train/lr"] = lr
         logs["train/tokens_per_s"] = self._step_tokens / max(train_seconds, 1e-9)
         logs.update({f"train/{k}": float(v) for k, v in self._counters.items()})
         shown = {k: logs.pop(k) for k in ("rollout/reward_mean", "train/loss") if k in logs}  # in the progress bar
