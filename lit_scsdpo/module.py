@@ -23,6 +23,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import losses as L
@@ -52,9 +53,39 @@ class OptimConfig:
 
 @dataclass
 class StudentOutput:
-    logits: Tensor  # [n, T, V] at the response positions (predicting response token t)
     logp: Tensor  # [n, T] log-prob of the sampled tokens at the training temperature
     entropy: Tensor  # [n, T] (detached)
+    logits: Optional[Tensor] = None  # [n, T, V] at the response positions (unchunked mode)
+    hidden: Optional[Tensor] = None  # [n, T, H] final hidden states there (chunked mode)
+
+
+def _response_hidden(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                     prompt_width: int, T: int) -> Tensor:
+    """Final hidden states at the positions that predict the T response tokens."""
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False)
+    return out.last_hidden_state[:, prompt_width - 1 : prompt_width - 1 + T]
+
+
+def _chunked_token_stats(hidden: Tensor, head: torch.nn.Module, targets: Tensor, temperature: float,
+                         chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Sampled-token log-probs (with grad) and entropies (no grad) from hidden states, over
+    chunks of positions with recomputation, so the ``[T, V]`` logits never exist at once."""
+    n, T, H = hidden.shape
+    h, y = hidden.reshape(-1, H), targets.reshape(-1)
+
+    def stats(h_c: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
+        logp_all = torch.log_softmax(head(h_c).float() / temperature, dim=-1)
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+        return logp_all.gather(-1, y_c[:, None]).squeeze(-1), ent.detach()
+
+    logps, ents = [], []
+    for start in range(0, h.shape[0], chunk_size):
+        h_c, y_c = h[start : start + chunk_size], y[start : start + chunk_size]
+        lp, ent = checkpoint(stats, h_c, y_c, use_reentrant=False) if torch.is_grad_enabled() else stats(h_c, y_c)
+        logps.append(lp)
+        ents.append(ent)
+    return torch.cat(logps).view(n, T), torch.cat(ents).view(n, T)
 
 
 def _response_logits(model: torch.nn.Module, batch: RolloutBatch, input_ids: Tensor, attention_mask: Tensor,
@@ -76,6 +107,9 @@ class PolicyOptimization(pl.LightningModule):
             (see ``losses.aggregate_loss``).
         torch_dtype: dtype of the policy weights (``float32`` on CPU; ``bfloat16`` on GPU).
         gradient_checkpointing: enable the model's activation checkpointing.
+        logits_chunk_size: compute the LM head, log-softmax and the distillation loss over
+            chunks of this many response positions (recomputed in backward), so no ``[T, V]``
+            logit matrix is materialised (long responses × large vocabularies). None: off.
     """
 
     def __init__(
@@ -85,6 +119,7 @@ class PolicyOptimization(pl.LightningModule):
         loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
+        logits_chunk_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         if loss_agg_mode not in L.AGGREGATION_MODES:
@@ -98,6 +133,9 @@ class PolicyOptimization(pl.LightningModule):
         self.policy = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, torch_dtype))
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
+        if logits_chunk_size is not None and logits_chunk_size < 1:
+            raise ValueError(f"model.logits_chunk_size must be >= 1 or null, got {logits_chunk_size}")
+        self.logits_chunk_size = logits_chunk_size
         self._step_time: dict[str, float] = {}
         self._counters = {"nonfinite_loss": 0, "nonfinite_grad": 0}
 
@@ -109,6 +147,13 @@ class PolicyOptimization(pl.LightningModule):
     # ------------------------------------------------------------------ helpers for losses
     def student_forward(self, batch: RolloutBatch) -> StudentOutput:
         t0 = time.perf_counter()
+        if self.logits_chunk_size is not None:
+            hidden = _response_hidden(self.policy, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                      batch.prompt_width, batch.response_ids.shape[1])
+            logp, entropy = _chunked_token_stats(hidden, self.policy.get_output_embeddings(), batch.response_ids,
+                                                 batch.temperature, self.logits_chunk_size)
+            self._add_time("student", time.perf_counter() - t0)
+            return StudentOutput(logp=logp, entropy=entropy, hidden=hidden)
         logits = _response_logits(self.policy, batch, batch.input_ids, batch.attention_mask,
                                   batch.position_ids, batch.prompt_width).float() / batch.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
@@ -116,7 +161,7 @@ class PolicyOptimization(pl.LightningModule):
         with torch.no_grad():
             entropy = -(logp_all.exp() * logp_all).sum(-1)
         self._add_time("student", time.perf_counter() - t0)
-        return StudentOutput(logits=logits, logp=logp, entropy=entropy)
+        return StudentOutput(logp=logp, entropy=entropy, logits=logits)
 
     def reduce(self, tensor: Tensor, op: L.ReduceOp) -> Tensor:
         """Global reduction over data-parallel ranks (identity on one process)."""
@@ -234,8 +279,10 @@ class GRPO(PolicyOptimization):
         loss_agg_mode: L.AggregationMode = "token-mean",
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
+        logits_chunk_size: Optional[int] = None,
     ) -> None:
-        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing)
+        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
+                         logits_chunk_size)
         self.norm_adv_by_std, self.eps_low, self.eps_high, self.kl_coef = norm_adv_by_std, eps_low, eps_high, kl_coef
         self.reference = SelfTeacher(self.policy, mode="frozen") if kl_coef > 0 else None
 
@@ -307,8 +354,13 @@ class SDPO(PolicyOptimization):
         loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
+        logits_chunk_size: Optional[int] = None,
     ) -> None:
-        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing)
+        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
+                         logits_chunk_size)
+        if logits_chunk_size is not None and (teacher_mode == "trust_region" or not full_logit_distillation):
+            raise ValueError("model.logits_chunk_size supports full-logit distillation with an ema, frozen or "
+                             "live teacher (not trust_region, not the token-level estimator)")
         if not 0 <= alpha <= 1:
             raise ValueError(f"model.alpha must be in [0, 1], got {alpha}")
         if not full_logit_distillation and alpha != 1.0:
@@ -395,7 +447,17 @@ class SDPO(PolicyOptimization):
         """Per-token SDPO loss ``[n, T]`` (× IS ratio) and the self-distillation mask ``[n]``."""
         inputs, active, metrics = self.teacher_inputs(batch)
         per_tok = student.logp * 0.0  # zeros attached to the graph: an all-masked batch still backprops
-        if inputs is not None:
+        if inputs is not None and student.hidden is not None:
+            t0 = time.perf_counter()
+            t_hidden = self.teacher.hidden_states(inputs["prompt_width"], batch.response_ids.shape[1],
+                                                  input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                                  position_ids=inputs["position_ids"])
+            self._add_time("teacher", time.perf_counter() - t0)
+            div = L.chunked_distillation_loss(student.hidden[active], self.policy.get_output_embeddings(), t_hidden,
+                                              self.teacher.head(), self.logits_chunk_size, self.alpha, self.topk,
+                                              self.add_tail, batch.temperature)
+            per_tok = per_tok.index_put((active.nonzero().squeeze(1),), div)
+        elif inputs is not None:
             t_logits = self.teacher_logits(batch, inputs)
             s_logits = student.logits[active]
             if self.full_logit_distillation:

@@ -236,6 +236,22 @@ class SelfTeacher(nn.Module):
         for t, s in zip(self.weights.buffers(), self._policy.buffers()):
             t.copy_(s)
 
+    def _model(self) -> nn.Module:
+        return self._policy if self.mode == "live" else self.weights
+
+    @torch.no_grad()
+    def hidden_states(self, prompt_width: int, num_positions: int, **model_inputs: Any) -> torch.Tensor:
+        """Final hidden states at the positions predicting the response (chunked-loss mode).
+        Not available for ``trust_region`` (it mixes the logits of two models)."""
+        if self.mode == "trust_region":
+            raise ValueError("hidden_states: the trust_region teacher is defined on logits only")
+        out = self._model().base_model(**model_inputs, use_cache=False)
+        return out.last_hidden_state[:, prompt_width - 1 : prompt_width - 1 + num_positions]
+
+    def head(self) -> nn.Module:
+        """The teacher's LM head (maps hidden states to logits)."""
+        return self._model().get_output_embeddings()
+
     @torch.no_grad()
     def logits(self, **model_inputs: Any) -> torch.Tensor:
         """Teacher logits for ``model_inputs`` (input_ids, attention_mask, position_ids)."""
