@@ -39,9 +39,10 @@ class RLCLI(LightningCLI):
 
     def _print_log_dir(self, when: str) -> None:
         trainer = self.trainer
-        if trainer.is_global_zero and trainer.log_dir:
-            print(f"\n[lit-scsdpo] {when}: logs in {trainer.log_dir}\n"
-                  f"[lit-scsdpo] open them with: tensorboard --logdir {os.path.dirname(trainer.log_dir)}\n",
+        log_dir = trainer.log_dir  # on every rank: a collective (broadcast) under DDP
+        if trainer.is_global_zero and log_dir:
+            print(f"\n[lit-scsdpo] {when}: logs in {log_dir}\n"
+                  f"[lit-scsdpo] open them with: tensorboard --logdir {os.path.dirname(log_dir)}\n",
                   flush=True)
 
     def before_fit(self) -> None:  # noqa: D102

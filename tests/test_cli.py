@@ -121,3 +121,18 @@ def test_fit_then_validate(algo, tiny_model_path, tmp_path):
     assert "Evaluation per data source" in out.stdout
     for text in ["mean@2", "maj@2", "pass@2", "format_rate", "arithmetic/L0", "arithmetic/L1", "all"]:
         assert text in out.stdout, text
+
+
+def test_fit_ddp_two_cpu_processes(tiny_model_path, tmp_path):
+    """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): rollouts per rank, global
+    SC-SDPO weights and loss normalisers, rank-0 logging; no collective is called on one rank
+    only (a hang would time out here)."""
+    args = ["fit", "--config", str(CONFIGS / "scsdpo.yaml"), *small_overrides(tiny_model_path, tmp_path),
+            "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    out = run_cli(args, timeout=300)
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert "[validation] step 2:" in out.stdout
+    assert sorted(tmp_path.rglob("last.ckpt")) and sorted(tmp_path.rglob("curriculum.csv"))
+    scalars = read_scalars(tmp_path)
+    assert len(scalars["train/loss"]) == 2 and "curriculum/frac_mixed" in scalars

@@ -122,8 +122,9 @@ class CurriculumLogger(pl.Callback):
             for q, row in enumerate(r.rows)
         ]
         self.history.extend(rows)
+        path = self.path(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
-            self._append_csv(trainer, rows)
+            self._append_csv(path, rows)
         writer = self._writer(trainer)
         if writer is None or not trainer.is_global_zero:
             return
@@ -138,8 +139,7 @@ class CurriculumLogger(pl.Callback):
             writer.add_image("curriculum/pass_rate_by_question", colormap(by_question), step, dataformats="HWC")
         writer.flush()
 
-    def _append_csv(self, trainer: pl.Trainer, rows: list[dict[str, Any]]) -> None:
-        path = self.path(trainer)
+    def _append_csv(self, path: str, rows: list[dict[str, Any]]) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         new = not os.path.exists(path)
         with open(path, "a", newline="") as f:
