@@ -89,15 +89,25 @@ def self_distillation_mask(
     A rollout is trained iff another rollout of its question succeeded (or itself, when
     ``dont_reprompt_on_self_success`` is False), or feedback is enabled and non-empty.
     """
+    candidates = demonstration_candidates(rewards, group_ids, success_threshold, dont_reprompt_on_self_success)
+    return [bool(c) or (include_feedback and bool(f)) for c, f in zip(candidates, has_feedback)]
+
+
+def demonstration_candidates(
+    rewards: Sequence[float],
+    group_ids: Sequence[Any],
+    success_threshold: float = 0.5,
+    dont_reprompt_on_self_success: bool = True,
+) -> list[list[int]]:
+    """For each rollout, the batch indices of the successful rollouts of its question that may
+    demonstrate to it, in batch order (itself excluded unless allowed). The one rule that both
+    the reprompt builder and the self-distillation mask use."""
     successes: dict[Any, list[int]] = {}
     for i, (r, g) in enumerate(zip(rewards, group_ids)):
         if r >= success_threshold:
             successes.setdefault(g, []).append(i)
-    mask = []
-    for i, g in enumerate(group_ids):
-        others = [j for j in successes.get(g, []) if j != i or not dont_reprompt_on_self_success]
-        mask.append(bool(others) or (include_feedback and bool(has_feedback[i])))
-    return mask
+    return [[j for j in successes.get(g, []) if j != i or not dont_reprompt_on_self_success]
+            for i, g in enumerate(group_ids)]
 
 
 def build_reprompts(
@@ -133,10 +143,7 @@ def build_reprompts(
     n = len(messages)
     if not (len(responses) == len(rewards) == len(group_ids) == len(feedback) == n):
         raise ValueError("build_reprompts: messages, responses, rewards, group_ids, feedback differ in length")
-    first_successes: dict[Any, list[int]] = {}
-    for i in range(n):
-        if rewards[i] >= success_threshold:
-            first_successes.setdefault(group_ids[i], []).append(i)
+    all_candidates = demonstration_candidates(rewards, group_ids, success_threshold, dont_reprompt_on_self_success)
     out = []
     for i in range(n):
         msgs = messages[i]
@@ -144,9 +151,7 @@ def build_reprompts(
             raise ValueError(f"rollout {i}: the original chat must end with a user message")
         system = [m for m in msgs[:-1] if m.get("role") == "system"]
         rp = Reprompt(system=system, prompt=msgs[-1]["content"])
-        candidates = [
-            j for j in first_successes.get(group_ids[i], []) if j != i or not dont_reprompt_on_self_success
-        ]
+        candidates = all_candidates[i]
         if candidates:
             rp.demo_index = candidates[0]
             demo = responses[candidates[0]]
