@@ -136,3 +136,14 @@ def test_fit_ddp_two_cpu_processes(tiny_model_path, tmp_path):
     assert sorted(tmp_path.rglob("last.ckpt")) and sorted(tmp_path.rglob("curriculum.csv"))
     scalars = read_scalars(tmp_path)
     assert len(scalars["train/loss"]) == 2 and "curriculum/frac_mixed" in scalars
+
+
+def test_paper_config_parses():
+    out = run_cli(["fit", "--config", str(ROOT / "configs" / "paper" / "scsdpo_qwen3_8b_sciknoweval.yaml"),
+                   "--print_config"], timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cfg = yaml.safe_load(out.stdout)
+    m = cfg["model"]["init_args"]
+    assert (m["optim"]["lr"], m["teacher_rate"], m["topk"], m["alpha"]) == (1e-5, 0.05, 100, 0.5)
+    assert (cfg["data"]["questions_per_step"], cfg["data"]["rollouts_per_question"]) == (32, 8)
+    assert cfg["data"]["val_sampling"] == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8192}

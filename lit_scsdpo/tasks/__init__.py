@@ -2,5 +2,6 @@
 
 from .arithmetic import ArithmeticTask
 from .base import Score, Task, extract_tagged_answer
+from .files import MultipleChoiceTask, ToolUseTask
 
-__all__ = ["ArithmeticTask", "Score", "Task", "extract_tagged_answer"]
+__all__ = ["ArithmeticTask", "MultipleChoiceTask", "Score", "Task", "ToolUseTask", "extract_tagged_answer"]

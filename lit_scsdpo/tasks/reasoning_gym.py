@@ -15,9 +15,12 @@ measured cost.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .base import Score, extract_tagged_answer
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import datasets
 
 DEFAULT_SYSTEM_PROMPT = (
     "Solve the problem. Put only your final answer between <answer> and </answer>, "
@@ -75,7 +78,7 @@ class ReasoningGymTask:
             )
         return self._generators[split]
 
-    def load(self, split: str) -> "Any":
+    def load(self, split: str) -> "datasets.Dataset":
         import datasets
 
         gen = self._generator(split)
