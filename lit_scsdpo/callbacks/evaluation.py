@@ -95,12 +95,12 @@ class MajorityVoteEvaluation(pl.Callback):
             for name, value in values.items():
                 key = f"val/{source}/{name}"
                 headline = source == "all" and name.startswith(("mean@", "maj@")) and not name.endswith("_vote")
-                pl_module.log(key, value, on_epoch=True, sync_dist=False, prog_bar=headline)
+                pl_module.log(key, value, on_epoch=True, sync_dist=True, prog_bar=headline)  # equal on all ranks already
                 if name == "response_length" or value != value:
                     continue
                 best_key = f"val/{source}/best_{name}"
                 self.best[best_key] = max(self.best.get(best_key, value), value)
-                pl_module.log(best_key, self.best[best_key], on_epoch=True, sync_dist=False)
+                pl_module.log(best_key, self.best[best_key], on_epoch=True, sync_dist=True)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.last:
