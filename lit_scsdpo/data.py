@@ -285,6 +285,8 @@ class RolloutDataModule(pl.LightningDataModule):
             "frac_p0": (p_hat == 0).float().mean().item(),
             "frac_p1": (p_hat == 1).float().mean().item(),
             "frac_mixed": ((p_hat > 0) & (p_hat < 1)).float().mean().item(),
+            "success_group_fraction": (p_hat > 0).float().mean().item(),  # SDPO's metric names
+            "success_sample_fraction": (rewards >= 0.5).float().mean().item(),
             "format_rate": sum(s.format_ok for s in scores) / len(scores),
             "response_length": lengths.mean().item(),
             "truncated_fraction": 1.0 - sum(gens.finished) / len(gens.finished),
