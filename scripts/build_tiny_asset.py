@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from lit_scsdpo.chat import render_prompt  # noqa: E402
 from lit_scsdpo.rollout import HFGenerateEngine, SamplingConfig  # noqa: E402
 from lit_scsdpo.tasks import ArithmeticTask  # noqa: E402
-from lit_scsdpo.tasks.arithmetic import sample_expression  # noqa: E402
+from lit_scsdpo.tasks.arithmetic import sample_expression, worked_solution  # noqa: E402
 from lit_scsdpo.teacher import Reprompt  # noqa: E402
 from lit_scsdpo.tiny import build_char_tokenizer, build_tiny_qwen3  # noqa: E402
 
@@ -70,7 +70,12 @@ def held_out_expressions(task: ArithmeticTask) -> set[str]:
     return {r["question"] for split in ("validation", "test") for r in task.rows(split)}
 
 
-def make_example(tok, rng, held_out, noise, levels, reprompt: bool) -> tuple[list[int], list[int]]:
+def response_text(expr: str, answer: int, worked: bool) -> str:
+    """The target response: ``<answer>N</answer>``, or a worked solution ending in ``N`` first."""
+    return f"{worked_solution(expr, final=answer)}\n<answer>{answer}</answer>" if worked else f"<answer>{answer}</answer>"
+
+
+def make_example(tok, rng, held_out, noise, levels, reprompt: bool, worked: bool = False):
     level = rng.choice(levels)
     while True:
         expr, value = sample_expression(level, rng)
@@ -78,13 +83,14 @@ def make_example(tok, rng, held_out, noise, levels, reprompt: bool) -> tuple[lis
             break
     question = f"What is {expr}?"
     if reprompt:
-        messages = Reprompt(system=[], prompt=question, demonstration=f"<answer>{value}</answer>").messages()
+        demo = response_text(expr, value, worked)
+        messages = Reprompt(system=[], prompt=question, demonstration=demo).messages()
         answer = value
     else:
         messages = [{"role": "user", "content": question}]
         answer = corrupt(value, rng) if rng.random() < noise[level] else value
     prompt = render_prompt(tok, messages)
-    target = tok(f"<answer>{answer}</answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    target = tok(response_text(expr, answer, worked), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return prompt, target
 
 
@@ -122,8 +128,10 @@ def train(args) -> tuple:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     t0 = time.perf_counter()
     for step in range(args.steps):
-        batch = [make_example(tok, rng, held_out, NOISE, LEVELS, reprompt=False) for _ in range(args.batch_plain)]
-        batch += [make_example(tok, rng, held_out, NOISE, LEVELS, reprompt=True) for _ in range(args.batch_reprompt)]
+        batch = [make_example(tok, rng, held_out, NOISE, LEVELS, False, args.worked_solution)
+                 for _ in range(args.batch_plain)]
+        batch += [make_example(tok, rng, held_out, NOISE, LEVELS, True, args.worked_solution)
+                  for _ in range(args.batch_reprompt)]
         ids, labels, mask = collate(batch, tok.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -137,7 +145,7 @@ def train(args) -> tuple:
     return tok, model, task, time.perf_counter() - t0
 
 
-def measure(tok, model, task, n_questions: int, G: int = 8, seed: int = 1) -> dict:
+def measure(tok, model, task, n_questions: int, G: int = 8, seed: int = 1, worked: bool = False) -> dict:
     """Start-of-RL numbers: student (T=1, G samples + greedy) and self-teacher (reprompt with
     the correct answer as the sibling demonstration) on fresh training-distribution questions,
     plus the validation split."""
@@ -154,16 +162,17 @@ def measure(tok, model, task, n_questions: int, G: int = 8, seed: int = 1) -> di
                 expr, value = sample_expression(level, rng)
                 if f"What is {expr}?" not in held_out:
                     break
-            rows.append({"question": f"What is {expr}?", "answer": str(value), "level": level})
+            rows.append({"question": f"What is {expr}?", "answer": str(value), "level": level, "expr": expr})
 
     def accuracy(prompts, rows_, n, temperature):
-        gens = engine.generate(prompts, n, SamplingConfig(temperature, 1.0, 16))
+        gens = engine.generate(prompts, n, SamplingConfig(temperature, 1.0, 64 if worked else 16))
         texts = tok.batch_decode(gens.response_ids, skip_special_tokens=True)
         r = torch.tensor([task.score(t, rows_[gens.prompt_index[i]]).reward for i, t in enumerate(texts)])
         return r.view(len(prompts), n)
 
     student_prompts = [render_prompt(tok, task.messages(r)) for r in rows]
-    teacher_prompts = [render_prompt(tok, Reprompt([], r["question"], f"<answer>{r['answer']}</answer>").messages())
+    teacher_prompts = [render_prompt(tok, Reprompt([], r["question"],
+                                                   response_text(r["expr"], int(r["answer"]), worked)).messages())
                        for r in rows]
     s = accuracy(student_prompts, rows, G, 1.0)
     greedy = accuracy(student_prompts, rows, 1, 0.0)
@@ -199,6 +208,8 @@ def main() -> None:
     ap.add_argument("--batch-plain", type=int, default=96)
     ap.add_argument("--batch-reprompt", type=int, default=32)
     ap.add_argument("--eval-questions", type=int, default=300)
+    ap.add_argument("--worked-solution", action="store_true",
+                    help="targets are a worked solution then the answer (longer responses; write to another --out)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok, model, task, seconds = train(args)
@@ -206,9 +217,10 @@ def main() -> None:
     model.save_pretrained(args.out)
     tok.save_pretrained(args.out)
     report = {"train_seconds": round(seconds, 1), "steps": args.steps, "threads": args.threads,
+              "worked_solution": args.worked_solution,
               "parameters": sum(p.numel() for p in model.parameters())}
     if args.eval_questions > 0:
-        report.update(measure(tok, model, task, args.eval_questions))
+        report.update(measure(tok, model, task, args.eval_questions, worked=args.worked_solution))
     print(json.dumps(report, indent=2))
     if args.out.resolve() == DEFAULT_OUT.resolve():
         write_card(args, report)

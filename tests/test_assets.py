@@ -46,3 +46,13 @@ def build(out):
 
 def test_asset_script_is_deterministic(tmp_path):
     assert build(tmp_path / "a") == build(tmp_path / "b")
+
+
+def test_asset_script_worked_solution_mode(tmp_path):
+    """The longer-response variant (worked solution, then the answer) builds and loads."""
+    out = tmp_path / "worked"
+    cmd = [sys.executable, str(ROOT / "scripts" / "build_tiny_asset.py"), "--steps", "2", "--eval-questions", "0",
+           "--threads", "1", "--batch-plain", "8", "--batch-reprompt", "4", "--worked-solution", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen3"

@@ -267,3 +267,30 @@ def test_constructor_validation(kwargs, match):
 def test_held_out_may_use_whole_level_without_train():
     task = ArithmeticTask(levels=[0], train_size=0, val_size=50, test_size=50)
     assert len({expr_of(r) for s in ("validation", "test") for r in task.rows(s)}) == 100
+
+
+def test_worked_solutions_are_correct_step_by_step():
+    import random
+    import re
+
+    from lit_scsdpo.tasks.arithmetic import sample_expression, worked_solution
+
+    rng = random.Random(0)
+    examples = {worked_solution("23+45"): "23+45: 20+40=60, 3+5=8, 60+8=68",
+                worked_solution("45*3"): "45*3: 40*3=120, 5*3=15, 120+15=135",
+                worked_solution("94-85"): "94-85: 94-80=14, 14-5=9",
+                worked_solution("34-56+7"): "34-56+7: 34-56=-22, -22+7=-15",
+                worked_solution("7*8"): "7*8=56",
+                worked_solution("47-8", final=40): "47-8=40",
+                worked_solution("23+45", final=69): "23+45: 20+40=60, 3+5=8, 60+8=69"}
+    for got, want in examples.items():
+        assert got == want
+    for level in range(6):
+        for _ in range(200):
+            expr, value = sample_expression(level, rng)
+            text = worked_solution(expr)
+            steps = re.findall(r"(-?\d+[+\-*]\d+)=(-?\d+)", text)
+            assert steps and all(eval(lhs) == int(rhs) for lhs, rhs in steps), text
+            assert int(steps[-1][1]) == value
+    with pytest.raises(ValueError, match="not an expression"):
+        worked_solution("2**3")

@@ -131,6 +131,42 @@ def expression_at(level: int, index: int) -> tuple[str, int]:
     raise AssertionError("unreachable")
 
 
+_EXPR_RE = re.compile(r"^(\d+)([+\-*])(\d+)(?:([+\-])(\d+))?$")
+
+
+def worked_solution(expr: str, final: Optional[int] = None) -> str:
+    """A short worked solution of ``expr`` (an expression of these levels), one step per line
+    segment, e.g. ``23+45: 20+40=60, 3+5=8, 60+8=68``; ``45*3: 40*3=120, 5*3=15, 120+15=135``;
+    ``94-85: 94-80=14, 14-5=9``; ``34-56+7: 34-56=-22, -22+7=-15``. With ``final`` the last
+    step states that (possibly wrong) result instead: used to write noisy training targets
+    whose chain is consistent up to the last step. Used to make responses longer than the
+    bare answer, so that per-token credit has room (scripts/build_tiny_asset.py)."""
+    m = _EXPR_RE.match(expr)
+    if m is None:
+        raise ValueError(f"worked_solution: not an expression of the arithmetic levels: {expr!r}")
+    a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+    steps: list[tuple[str, int]] = []
+    if m.group(4):  # a ± b ± c: two steps
+        x = a + b if op == "+" else a - b
+        c = int(m.group(5))
+        steps = [(f"{a}{op}{b}", x), (f"{x}{m.group(4)}{c}", x + c if m.group(4) == "+" else x - c)]
+    elif op == "*" and a >= 10 and b < 10:  # tens and units
+        t, u = a - a % 10, a % 10
+        steps = [(f"{t}*{b}", t * b), (f"{u}*{b}", u * b), (f"{t * b}+{u * b}", a * b)]
+    elif op == "+" and a >= 10 and b >= 10:
+        ta, tb, ua, ub = a - a % 10, b - b % 10, a % 10, b % 10
+        steps = [(f"{ta}+{tb}", ta + tb), (f"{ua}+{ub}", ua + ub), (f"{ta + tb}+{ua + ub}", a + b)]
+    elif op == "-" and a >= 10 and b >= 10:
+        tb, ub = b - b % 10, b % 10
+        steps = [(f"{a}-{tb}", a - tb), (f"{a - tb}-{ub}", a - b)]
+    else:  # one step: 1-digit operands, 2-digit ± 1-digit, 1x1 products
+        value = {"+": a + b, "-": a - b, "*": a * b}[op]
+        return f"{expr}={value if final is None else final}"
+    if final is not None:
+        steps[-1] = (steps[-1][0], final)
+    return f"{expr}: " + ", ".join(f"{lhs}={rhs}" for lhs, rhs in steps)
+
+
 def sample_expression(level: int, rng: random.Random) -> tuple[str, int]:
     """A uniformly random expression of ``level`` and its value."""
     return expression_at(level, rng.randrange(level_size(level)))
