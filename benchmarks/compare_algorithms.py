@@ -10,6 +10,9 @@ p̂ = 0 / mixed / 1 over training, and plots (PNG) for docs/results.md.
 
     python benchmarks/compare_algorithms.py --seeds 0 1 2 --steps 200 --val-every 25
     python benchmarks/compare_algorithms.py --report-only      # re-read finished runs
+    python benchmarks/compare_algorithms.py --out benchmarks/out/worked -- \
+        --model.init_args.model_name_or_path /tmp/worked_asset --data.sampling.max_new_tokens 64 \
+        --data.val_sampling.max_new_tokens 64                    # another model, other settings
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def common(algo: str, seed: int, run_dir: Path, opts) -> list[str]:
     return ["--config", str(ROOT / "configs" / "tiny" / f"{algo}.yaml"), "--seed_everything", str(seed),
             "--data.seed", str(seed), "--threads", "1",
             "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "run",
-            "--data.val_samples", str(opts.val_samples)]
+            "--data.val_samples", str(opts.val_samples), *opts.overrides]
 
 
 def run_one(algo: str, seed: int, opts) -> dict:
@@ -230,6 +233,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compare")
     ap.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="extra lit-scsdpo overrides for every run, after --, e.g. "
+                    "-- --model.init_args.model_name_or_path /path/to/model")
     opts = ap.parse_args()
     jobs = [(a, s) for s in opts.seeds for a in opts.algos]
     if not opts.report_only:
