@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .chat import render_prompt
+from .layout import pack_prompt_response
 from .rollout import HFGenerateEngine, RolloutEngine, SamplingConfig
 from .tasks.base import Score, Task
 
@@ -353,24 +354,17 @@ def collate_rollouts(
     seqs = [q * G + j for q in questions for j in range(G)]
     prompts = [r.prompt_ids[i // G] for i in seqs]
     responses = [r.response_ids[i] for i in seqs]
-    P = max(len(p) for p in prompts)
     T = max(1, max(len(x) for x in responses))
     n = len(seqs)
-    input_ids = torch.full((n, P + T), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, P + T), dtype=torch.long)
     response_ids = torch.full((n, T), pad_id, dtype=torch.long)
     response_mask = torch.zeros((n, T))
     logprobs = torch.zeros((n, T))
-    for k, (p, y, i) in enumerate(zip(prompts, responses, seqs)):
-        input_ids[k, P - len(p) : P] = torch.tensor(p)
-        attention[k, P - len(p) : P] = 1
+    for k, (y, i) in enumerate(zip(responses, seqs)):
         if y:
-            input_ids[k, P : P + len(y)] = torch.tensor(y)
-            attention[k, P : P + len(y)] = 1
             response_ids[k, : len(y)] = torch.tensor(y)
             response_mask[k, : len(y)] = 1
             logprobs[k, : len(y)] = torch.tensor(r.logprobs[i])
-    position_ids = (attention.cumsum(-1) - 1).clamp_min(0)
+    input_ids, attention, positions, P = pack_prompt_response(prompts, response_ids, response_mask, pad_id)
     rewards_all = r.rewards.view(-1)
     p_hat = (r.rewards >= 0.5).float().mean(1)
     step_seqs = [q * G + j for q in step_questions for j in range(G)]
@@ -385,7 +379,7 @@ def collate_rollouts(
     return RolloutBatch(
         input_ids=input_ids,
         attention_mask=attention,
-        position_ids=position_ids,
+        position_ids=positions,
         response_ids=response_ids,
         response_mask=response_mask,
         sampler_logprobs=logprobs,

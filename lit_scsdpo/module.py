@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from . import losses as L
 from .assets import resolve_model_path
 from .data import RolloutBatch
+from .layout import pack_prompt_response
 from .teacher import RepromptTemplates, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt, self_distillation_mask
 
 
@@ -410,18 +411,10 @@ class SDPO(PolicyOptimization):
         rows = [i for i, p in enumerate(prompts) if p is not None]
         if not rows:
             return None, active, metrics
-        T = batch.response_ids.shape[1]
-        P = max(len(prompts[i]) for i in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), P + T), pad, dtype=torch.long)
-        attn = torch.zeros((len(rows), P + T), dtype=torch.long)
-        for k, i in enumerate(rows):
-            p = prompts[i]
-            ids[k, P - len(p) : P] = torch.tensor(p)
-            attn[k, P - len(p) : P] = 1
-        ids[:, P:] = batch.response_ids[rows].cpu()  # the student's response ids, unchanged
-        attn[:, P:] = batch.response_mask[rows].long().cpu()
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        # the student's response ids, unchanged, after the left-padded reprompts
+        ids, attn, pos, P = pack_prompt_response([prompts[i] for i in rows], batch.response_ids[rows],
+                                                 batch.response_mask[rows], pad)
         dev = batch.input_ids.device
         return {"input_ids": ids.to(dev), "attention_mask": attn.to(dev), "position_ids": pos.to(dev),
                 "prompt_width": P}, active.to(dev), metrics

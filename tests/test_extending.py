@@ -3,15 +3,12 @@
 import re
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
-from lit_scsdpo import RolloutDataModule
-from lit_scsdpo.rollout import SamplingConfig
 
 from .test_module import batch_of, make_rollouts
-from .toy import DigitTask
+from .toy import fit_briefly
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
@@ -44,12 +41,6 @@ def test_rloo_value_and_gradient_sign(RLOO, tiny_model_path):
 
 
 def test_rloo_trains_with_the_trainer(RLOO, tiny_model_path, tmp_path):
-    model = RLOO(tiny_model_path)
-    dm = RolloutDataModule(DigitTask(train_size=32, val_size=4, test_size=4), questions_per_step=4,
-                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
-    trainer = pl.Trainer(max_epochs=2, reload_dataloaders_every_n_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         limit_val_batches=0)
-    trainer.fit(model, dm)
+    trainer = fit_briefly(RLOO(tiny_model_path), tmp_path, epochs=2, train_size=32)
     assert trainer.global_step == 2
     assert "train/adv_abs_mean" in trainer.logged_metrics

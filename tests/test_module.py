@@ -174,12 +174,7 @@ def test_lambda_mix_and_token_level_options(tiny_model_path):
 
 
 def test_nonfinite_loss_is_counted_and_skipped(tiny_model_path, tmp_path):
-    import lightning.pytorch as pl
-
-    from lit_scsdpo import RolloutDataModule
-    from lit_scsdpo.rollout import SamplingConfig
-
-    from .toy import DigitTask
+    from .toy import fit_briefly
 
     class FlakyGRPO(GRPO):
         calls = 0
@@ -190,12 +185,7 @@ def test_nonfinite_loss_is_counted_and_skipped(tiny_model_path, tmp_path):
             return (loss * float("nan"), metrics) if FlakyGRPO.calls == 1 else (loss, metrics)
 
     model = FlakyGRPO(tiny_model_path, optim=OptimConfig(warmup_steps=0))
-    dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
-                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
-    trainer = pl.Trainer(max_epochs=3, reload_dataloaders_every_n_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         limit_val_batches=0)
-    trainer.fit(model, dm)
+    trainer = fit_briefly(model, tmp_path, epochs=3)
     assert trainer.global_step == 3  # the run went on
     assert trainer.logged_metrics["train/nonfinite_loss"] == 1.0
     assert trainer.logged_metrics["train/lr"] == pytest.approx(1e-5)

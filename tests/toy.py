@@ -25,3 +25,20 @@ class CrashingTask(ArithmeticTask):
         if CrashingTask.calls % 3 == 0:
             raise RuntimeError("verifier bug")
         return super().score(completion, row)
+
+
+def fit_briefly(model, tmp_path, epochs: int, train_size: int = 16):
+    """Fit ``model`` for a few epochs on DigitTask (B=4, G=4, 8 new tokens), no logger,
+    no checkpoints, no validation; returns the trainer."""
+    import lightning.pytorch as pl
+
+    from lit_scsdpo import RolloutDataModule
+    from lit_scsdpo.rollout import SamplingConfig
+
+    dm = RolloutDataModule(DigitTask(train_size=train_size, val_size=4, test_size=4), questions_per_step=4,
+                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
+    trainer = pl.Trainer(max_epochs=epochs, reload_dataloaders_every_n_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(model, dm)
+    return trainer

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from ..layout import left_pad
 from .base import Generations, SamplingConfig
 
 
@@ -79,14 +80,10 @@ class HFGenerateEngine:
         return out
 
     def _generate_chunk(self, chunk, offset, n, sampling, stops, pad, device, out) -> None:
-        width = max(len(p) for p in chunk)
         if any(len(p) == 0 for p in chunk):
             raise ValueError("empty prompt: every prompt needs at least one token")
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, p in enumerate(chunk):
-            input_ids[i, width - len(p) :] = torch.tensor(p)
-            attention[i, width - len(p) :] = 1
+        input_ids, attention = left_pad(chunk, pad)
+        width = input_ids.shape[1]
         greedy = sampling.temperature == 0
         kwargs = dict(do_sample=False) if greedy else dict(
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
