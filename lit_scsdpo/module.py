@@ -15,7 +15,8 @@ trained weights; the ratio would be ≈1) and the entropy bonus (0 in the paper)
 
 from __future__ import annotations
 
-import math
+import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -26,11 +27,50 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from . import interrupt
 from . import losses as L
 from .assets import resolve_model_path
 from .data import RolloutBatch
 from .layout import pack_prompt_response
-from .teacher import RepromptTemplates, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt, self_distillation_mask
+from .teacher import RepromptTemplates, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+def load_policy(model_name_or_path: str, torch_dtype: str) -> tuple[Any, torch.nn.Module]:
+    """Tokenizer and causal LM, with a one-line error naming the argument when the path is wrong
+    (instead of transformers' long traceback about hub repo ids)."""
+    path = resolve_model_path(model_name_or_path)
+    local_looking = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+    if not os.path.exists(os.path.expanduser(path)) and local_looking:
+        raise FileNotFoundError(f"model.model_name_or_path={model_name_or_path!r}: no such local folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        policy = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, torch_dtype))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "the local folder" if os.path.exists(path) else "it as a hub id (no local folder of that name)"
+        raise OSError(f"model.model_name_or_path={model_name_or_path!r}: could not load {where}: {first}") from None
+    return tokenizer, policy
+
+
+def check_logits_are_head(model: torch.nn.Module) -> None:
+    """``logits_chunk_size`` computes logits as ``lm_head(final hidden state)``. Refuse models
+    whose forward does more (logit soft-capping, scaling): checked numerically on 4 tokens."""
+    ids = torch.arange(1, 5, device=next(model.parameters()).device)[None]
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits.float()
+        h = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        head = model.get_output_embeddings()(h).float()
+    if not torch.allclose(full, head, rtol=1e-3, atol=1e-3 * max(1.0, full.abs().max().item())):
+        raise ValueError(f"model.logits_chunk_size: {type(model).__name__}'s logits are not lm_head(hidden state) "
+                         f"(e.g. logit soft-capping or scaling); set logits_chunk_size: null for this model")
 
 
 @dataclass
@@ -50,6 +90,10 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 10
     grad_clip: float = 1.0
+
+
+# hyper-parameters saved in checkpoints: readable by torch.load(weights_only=True), Lightning's default
+torch.serialization.add_safe_globals([OptimConfig, RepromptTemplates])
 
 
 @dataclass
@@ -111,7 +155,18 @@ class PolicyOptimization(pl.LightningModule):
         logits_chunk_size: compute the LM head, log-softmax and the distillation loss over
             chunks of this many response positions (recomputed in backward), so no ``[T, V]``
             logit matrix is materialised (long responses × large vocabularies). None: off.
+        max_nonfinite_steps: stop the run (after saving the last good state) when this many
+            consecutive optimizer steps had a non-finite loss or gradient; each such step is
+            skipped (no update) and counted.
+
+    The optimizer step is skipped, on every rank together, when the step's gradient is
+    non-finite or exactly zero (nothing to learn: every row masked, every question weight 0,
+    every group's advantage 0): no AdamW moment or weight-decay update, no LR-schedule advance,
+    no EMA (paper-spec §3.3(4)). Skips are counted in ``train/skipped_steps``.
     """
+
+    #: the smallest group size G the loss can learn from (group baselines / sibling demonstrations)
+    min_group_size: int = 1
 
     def __init__(
         self,
@@ -121,24 +176,34 @@ class PolicyOptimization(pl.LightningModule):
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
         logits_chunk_size: Optional[int] = None,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        # every argument is checked before the weights load
         if loss_agg_mode not in L.AGGREGATION_MODES:
             raise ValueError(f"model.loss_agg_mode must be one of {L.AGGREGATION_MODES}, got {loss_agg_mode!r}")
+        if torch_dtype not in DTYPES:
+            raise ValueError(f"model.torch_dtype must be one of {DTYPES}, got {torch_dtype!r}")
+        if logits_chunk_size is not None and logits_chunk_size < 1:
+            raise ValueError(f"model.logits_chunk_size must be >= 1 or null, got {logits_chunk_size}")
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        _check_optim(optim)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.optim = optim
         self.loss_agg_mode = loss_agg_mode
-        path = resolve_model_path(model_name_or_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.policy = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, torch_dtype))
+        self.tokenizer, self.policy = load_policy(model_name_or_path, torch_dtype)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
-        if logits_chunk_size is not None and logits_chunk_size < 1:
-            raise ValueError(f"model.logits_chunk_size must be >= 1 or null, got {logits_chunk_size}")
+        if logits_chunk_size is not None:
+            check_logits_are_head(self.policy)
         self.logits_chunk_size = logits_chunk_size
+        self.max_nonfinite_steps = max_nonfinite_steps
         self._step_time: dict[str, float] = {}
-        self._counters = {"nonfinite_loss": 0, "nonfinite_grad": 0}
+        self._counters = {"nonfinite_loss": 0, "nonfinite_grad": 0, "skipped_steps": 0}
+        self._consecutive_nonfinite = 0
+        self._updated_in_batch = False  # an optimizer step happened on the current rollout batch
 
     # ------------------------------------------------------------------ extension point
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
@@ -164,9 +229,21 @@ class PolicyOptimization(pl.LightningModule):
         self._add_time("student", time.perf_counter() - t0)
         return StudentOutput(logp=logp, entropy=entropy, logits=logits)
 
+    def old_logp(self, batch: RolloutBatch, student: StudentOutput) -> Tensor:
+        """The behaviour policy's log-probs for importance ratios: on-policy the current ones,
+        detached (ratio ≡ 1, as verl); with several updates per rollout batch the log-probs
+        the rollouts were sampled with, i.e. before this batch's first update."""
+        on_policy = batch.step.num_updates == 1
+        return student.logp.detach() if on_policy else batch.sampler_logprobs.to(student.logp)
+
     def reduce(self, tensor: Tensor, op: L.ReduceOp) -> Tensor:
         """Global reduction over data-parallel ranks (identity on one process)."""
         return L.distributed_reduce()(tensor, op)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any: skip decisions are made globally, so
+        no rank waits in a collective (backward, all-reduce) that another rank skipped."""
+        return bool(self.reduce(torch.tensor([float(flag)], device=self.device), "max").item() > 0)
 
     def normalizer(self, lengths: Tensor) -> Tensor:
         """Global normaliser for ``loss_agg_mode`` from the per-sequence loss-mask token counts
@@ -181,6 +258,14 @@ class PolicyOptimization(pl.LightningModule):
         self._step_time[phase] = self._step_time.get(phase, 0.0) + seconds
 
     # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        G = getattr(dm, "rollouts_per_question", None)
+        if stage == "fit" and G is not None and G < self.min_group_size:
+            raise ValueError(f"data.rollouts_per_question must be >= {self.min_group_size} for "
+                             f"{type(self).__name__} (got {G}): with one rollout per question there is no "
+                             f"group baseline and no sibling demonstration, so the loss is 0 at every step")
+
     def configure_optimizers(self) -> Any:
         o = self.optim
         opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -188,28 +273,44 @@ class PolicyOptimization(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lit_scsdpo"] = {"counters": dict(self._counters),
+                                    "consecutive_nonfinite": self._consecutive_nonfinite}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("lit_scsdpo", {})
+        self._counters.update(state.get("counters", {}))
+        self._consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
+
     def on_train_batch_start(self, batch: RolloutBatch, batch_idx: int) -> None:
         if batch.micro_index == 0:
             self._step_time = {}
             self._step_metrics: dict[str, list[float]] = {}
             self._step_tokens = 0
             self._step_t0 = time.perf_counter()
+            self._step_nonfinite = False
+            if batch.step.update_index == 0:
+                self._updated_in_batch = False
 
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
+        interrupt.check_global(self.device)  # a stop signal: abandon this step on every rank
         opt = self.optimizers()
         loss, metrics = self.compute_loss(batch)
         t0 = time.perf_counter()
-        if torch.isfinite(loss):
+        if self.any_rank(not bool(torch.isfinite(loss))):
+            # on every rank: no backward for this micro-batch, and the whole step is skipped
+            self._counters["nonfinite_loss"] += 1
+            self._step_nonfinite = True
+            self.print(f"warning: non-finite loss at step {self.global_step}; the step will be skipped")
+        elif not self._step_nonfinite:
             # contributions sum to the global loss; DDP/FSDP average gradients over ranks
             self.manual_backward(loss * self.world_size)
-        else:
-            self._counters["nonfinite_loss"] += 1
-            self.print(f"warning: non-finite loss at step {self.global_step}; micro-batch skipped")
         self._add_time("backward", time.perf_counter() - t0)
         for k, v in {"loss": loss.detach().item(), **metrics}.items():
             self._step_metrics.setdefault(k, []).append(v)
         self._step_tokens += int(batch.attention_mask.sum())
         if batch.last_in_step:
+            interrupt.check_global(self.device)
             self._optimizer_step(opt, batch)
         return loss.detach()
 
@@ -219,17 +320,24 @@ class PolicyOptimization(pl.LightningModule):
         # the global norm before clipping (under FSDP: of this rank's shard)
         grad_norm = (torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
                      if params else torch.tensor(0.0))
-        if self.optim.grad_clip > 0:
-            self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
-        if torch.isfinite(grad_norm):
-            opt.step()
-            self.on_policy_updated()
-        else:
-            self._counters["nonfinite_grad"] += 1
-            self.print(f"warning: non-finite grad norm at step {self.global_step}; update skipped")
-        opt.zero_grad(set_to_none=True)
+        nonfinite = self._step_nonfinite or self.any_rank(not bool(torch.isfinite(grad_norm)))
+        nothing = not nonfinite and not self.any_rank(bool(grad_norm > 0))
         lr = opt.param_groups[0]["lr"]  # the LR this step used (before the schedule advances)
-        self.lr_schedulers().step()
+        if nonfinite or nothing:
+            self._counters["skipped_steps"] += 1
+            if nonfinite and not self._step_nonfinite:
+                self._counters["nonfinite_grad"] += 1
+                self.print(f"warning: non-finite grad norm at step {self.global_step}; update skipped")
+        else:
+            if self.optim.grad_clip > 0:
+                self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            self.lr_schedulers().step()
+            self._updated_in_batch = True
+        opt.zero_grad(set_to_none=True)
+        if batch.last_in_rollout_batch and self._updated_in_batch:
+            self.on_policy_updated()
+        self._consecutive_nonfinite = self._consecutive_nonfinite + 1 if nonfinite else 0
         self._add_time("optimizer", time.perf_counter() - t0)
         train_seconds = time.perf_counter() - self._step_t0
         logs = {f"train/{k}": sum(v) if k == "loss" else sum(v) / len(v) for k, v in self._step_metrics.items()}
@@ -243,31 +351,57 @@ class PolicyOptimization(pl.LightningModule):
         shown = {k: logs.pop(k) for k in ("rollout/reward_mean", "train/loss") if k in logs}  # in the progress bar
         self.log_dict(shown, on_step=True, on_epoch=False, batch_size=batch.num_sequences, prog_bar=True)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.num_sequences)
+        if self._consecutive_nonfinite >= self.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"{self._consecutive_nonfinite} consecutive steps had a non-finite loss or gradient "
+                f"(model.max_nonfinite_steps={self.max_nonfinite_steps}); stopping. No update was applied in "
+                f"those steps: the last checkpoint holds the last good state (lower optim.lr, or check the data)")
 
     def on_policy_updated(self) -> None:
-        """Called once after each successful optimizer step (e.g. the teacher's EMA)."""
+        """Called once per rollout batch, after its last optimizer step, if at least one of its
+        steps updated the policy (the SDPO teacher's EMA: paper-spec §1.5, pitfalls 17)."""
 
     def validation_step(self, batch: RolloutBatch, batch_idx: int) -> None:
-        n = batch.num_sequences
-        self.log("val/reward", batch.rewards.float().mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        self.log("val/response_length", batch.response_mask.sum(1).mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        fmt = torch.tensor([p is not None for p in batch.preds], dtype=torch.float32).mean()
-        self.log("val/format_rate", fmt, on_epoch=True, batch_size=n, sync_dist=True)
+        self._log_eval(batch, "val")
 
-    test_step = validation_step
+    def test_step(self, batch: RolloutBatch, batch_idx: int) -> None:
+        self._log_eval(batch, "test")
+
+    def _log_eval(self, batch: RolloutBatch, prefix: str) -> None:
+        n = batch.num_sequences
+        self.log(f"{prefix}/reward", batch.rewards.float().mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        self.log(f"{prefix}/response_length", batch.response_mask.sum(1).mean(), on_epoch=True, batch_size=n,
+                 sync_dist=True)
+        fmt = torch.tensor([p is not None for p in batch.preds], dtype=torch.float32).mean()
+        self.log(f"{prefix}/format_rate", fmt, on_epoch=True, batch_size=n, sync_dist=True)
+
+
+def _check_optim(o: OptimConfig) -> None:
+    if not o.lr > 0:
+        raise ValueError(f"model.optim.lr must be > 0, got {o.lr}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ValueError(f"model.optim.betas must be two values in [0, 1), got {o.betas}")
+    if o.weight_decay < 0 or o.warmup_steps < 0 or o.grad_clip < 0:
+        raise ValueError(f"model.optim.weight_decay, warmup_steps and grad_clip must be >= 0, got {o}")
 
 
 class GRPO(PolicyOptimization):
     """Group-relative policy optimisation (the paper's baseline, paper-spec §1.8).
 
     Args:
-        norm_adv_by_std: divide advantages by the group std (SDPO's baseline: False).
-        eps_low, eps_high: PPO clip range (0.2 / 0.28, "clip-higher").
+        norm_adv_by_std: divide the group-centred reward ``r_i − mean(r)`` by the group's
+            reward std (original GRPO: True; the SDPO/SC-SDPO papers' baseline and Dr. GRPO:
+            False, which avoids up-weighting nearly solved or nearly failed questions).
+        eps_low, eps_high: the PPO ratio ``π/π_old`` is clipped to ``[1 − eps_low, 1 + eps_high]``
+            (paper: 0.2 / 0.28, DAPO's "clip-higher"). It only acts off-policy
+            (``data.updates_per_batch > 1``); on-policy the ratio is exactly 1.
         kl_coef: KL-to-reference coefficient (0 = off, as in the paper); > 0 keeps a frozen
             copy of the initial policy.
         loss_agg_mode: default ``token-mean`` (the paper's GRPO baseline).
         **kwargs: see :class:`PolicyOptimization`.
     """
+
+    min_group_size = 2
 
     def __init__(
         self,
@@ -281,9 +415,13 @@ class GRPO(PolicyOptimization):
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
         logits_chunk_size: Optional[int] = None,
+        max_nonfinite_steps: int = 3,
     ) -> None:
+        _check_grpo_args(eps_low, eps_high)
+        if kl_coef < 0:
+            raise ValueError(f"model.kl_coef must be >= 0, got {kl_coef}")
         super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
-                         logits_chunk_size)
+                         logits_chunk_size, max_nonfinite_steps)
         self.norm_adv_by_std, self.eps_low, self.eps_high, self.kl_coef = norm_adv_by_std, eps_low, eps_high, kl_coef
         self.reference = SelfTeacher(self.policy, mode="frozen") if kl_coef > 0 else None
 
@@ -299,7 +437,7 @@ class GRPO(PolicyOptimization):
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         student = self.student_forward(batch)
         per_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high,
-                                 _on_policy(self), self.reference_logp(batch), self.kl_coef)
+                                 self.old_logp(batch, student), self.reference_logp(batch), self.kl_coef)
         mask = batch.response_mask
         loss = L.aggregate_loss(per_tok, mask, self.loss_agg_mode, self.normalizer(batch.step.response_lengths))
         return loss, {"entropy": _masked_mean(student.entropy, mask), **_weight_stats(batch)}
@@ -317,7 +455,6 @@ class SDPO(PolicyOptimization):
         is_clip: SDPO importance-ratio clip (paper: 2; the ratio is 1 on-policy).
         teacher_mode: ``ema`` (paper) | ``frozen`` | ``live`` | ``trust_region``.
         teacher_rate: EMA rate (paper: 0.05 science/tool use) or trust-region α.
-        success_threshold: reward counted as success (paper YAML: 0.5).
         dont_reprompt_on_self_success: never demonstrate with the rollout itself (paper: True).
         include_feedback: put environment feedback in the reprompt (science/tool use: False).
         feedback_only_without_solution: feedback only when there is no demonstration (True).
@@ -325,9 +462,14 @@ class SDPO(PolicyOptimization):
         max_teacher_prompt_tokens: teacher prompt budget (paper: 10240); the demonstration
             text is truncated to fit.
         templates: the reprompt templates (paper-spec §1.2(4)).
-        grpo_lambda: λ of the GRPO mix (paper §4.5; 0 = pure SDPO, the science/tool setting).
-        norm_adv_by_std, eps_low, eps_high: GRPO settings used when ``grpo_lambda > 0``.
+        grpo_lambda: λ of the GRPO mix ``λ·GRPO + (1−λ)·SDPO`` (paper §4.5; 0 = pure SDPO, the
+            science/tool setting).
+        norm_adv_by_std, eps_low, eps_high: the GRPO term's settings when ``grpo_lambda > 0``
+            (see :class:`GRPO`: group-std advantage scaling, off; PPO clip range 0.2 / 0.28).
         **kwargs: see :class:`PolicyOptimization`.
+
+    A rollout is a success iff its reward ``>= data.success_threshold`` (the DataModule's, one
+    definition for p̂, demonstrations and SC-SDPO weights).
     """
 
     def __init__(
@@ -340,7 +482,6 @@ class SDPO(PolicyOptimization):
         is_clip: float = 2.0,
         teacher_mode: TeacherMode = "ema",
         teacher_rate: float = 0.05,
-        success_threshold: float = 0.5,
         dont_reprompt_on_self_success: bool = True,
         include_feedback: bool = False,
         feedback_only_without_solution: bool = True,
@@ -356,9 +497,9 @@ class SDPO(PolicyOptimization):
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
         logits_chunk_size: Optional[int] = None,
+        max_nonfinite_steps: int = 3,
     ) -> None:
-        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
-                         logits_chunk_size)
+        # every argument is checked before the weights load
         if logits_chunk_size is not None and (teacher_mode == "trust_region" or not full_logit_distillation):
             raise ValueError("model.logits_chunk_size supports full-logit distillation with an ema, frozen or "
                              "live teacher (not trust_region, not the token-level estimator)")
@@ -368,9 +509,27 @@ class SDPO(PolicyOptimization):
             raise ValueError("model.full_logit_distillation=False (token-level) supports only reverse KL: alpha=1")
         if not 0 <= grpo_lambda <= 1:
             raise ValueError(f"model.grpo_lambda must be in [0, 1], got {grpo_lambda}")
+        if topk is not None and topk < 1:
+            raise ValueError(f"model.topk must be >= 1 or null (full vocabulary), got {topk}")
+        if not is_clip > 0:
+            raise ValueError(f"model.is_clip must be > 0, got {is_clip}")
+        if teacher_mode not in ("ema", "frozen", "live", "trust_region"):
+            raise ValueError(f"model.teacher_mode must be ema|frozen|live|trust_region, got {teacher_mode!r}")
+        if not 0 <= teacher_rate <= 1:
+            raise ValueError(f"model.teacher_rate must be in [0, 1], got {teacher_rate}")
+        if max_teacher_prompt_tokens < 1:
+            raise ValueError(f"model.max_teacher_prompt_tokens must be >= 1, got {max_teacher_prompt_tokens}")
+        _check_grpo_args(eps_low, eps_high)
+        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
+                         logits_chunk_size, max_nonfinite_steps)
+        vocab = self.policy.get_output_embeddings().weight.shape[0]
+        if topk is not None and topk > vocab:
+            log.info("model.topk=%d exceeds the vocabulary (%d): the full vocabulary is used", topk, vocab)
+        # sibling demonstrations need G >= 2 unless the rollout may demonstrate to itself or feedback is used
+        self.min_group_size = 1 if include_feedback or not dont_reprompt_on_self_success else 2
+        self._step_prompts: tuple[int, list[Optional[list[int]]], list[bool], list[Any]] = (-1, [], [], [])
         self.alpha, self.topk, self.add_tail = alpha, topk, add_tail
         self.full_logit_distillation, self.is_clip = full_logit_distillation, is_clip
-        self.success_threshold = success_threshold
         self.dont_reprompt_on_self_success = dont_reprompt_on_self_success
         self.include_feedback, self.feedback_only_without_solution = include_feedback, feedback_only_without_solution
         self.remove_thinking, self.max_teacher_prompt_tokens = remove_thinking, max_teacher_prompt_tokens
@@ -379,38 +538,47 @@ class SDPO(PolicyOptimization):
         self.teacher = SelfTeacher(self.policy, teacher_mode, teacher_rate)
 
     def on_policy_updated(self) -> None:
-        self.teacher.update()  # once per optimizer step (paper-spec §1.5, A16)
+        self.teacher.update()  # once per rollout batch, after its optimizer steps (paper-spec §1.5, A16)
 
     # ------------------------------------------------------------------ teacher inputs
+    def step_teacher_prompts(self, batch: RolloutBatch) -> tuple[list[Optional[list[int]]], list[bool], list[Any]]:
+        """Teacher prompt ids (None: no teacher context, or it cannot fit), truncation flags and
+        reprompts for every row of the batch's optimizer step; built once per step (cached), so
+        the loss normaliser can count exactly the rows that have a teacher."""
+        s = batch.step
+        if self._step_prompts[0] != s.step_id or len(self._step_prompts[1]) != len(s.messages):
+            reprompts = build_reprompts(
+                s.messages, s.responses, s.rewards.tolist(), s.group_ids.tolist(), s.feedback,
+                batch.success_threshold, self.dont_reprompt_on_self_success, self.include_feedback,
+                self.feedback_only_without_solution, self.remove_thinking,
+            )
+            prompts, cut = [], []
+            for rp in reprompts:
+                ids, truncated = (fit_reprompt(self.tokenizer, rp, self.max_teacher_prompt_tokens, self.templates,
+                                               batch.enable_thinking) if rp.active else (None, False))
+                prompts.append(ids)
+                cut.append(truncated)
+            self._step_prompts = (s.step_id, prompts, cut, reprompts)
+        return self._step_prompts[1], self._step_prompts[2], self._step_prompts[3]
+
     def teacher_inputs(self, batch: RolloutBatch) -> tuple[Optional[dict[str, Tensor]], Tensor, dict[str, float]]:
         """Teacher token inputs for the rows that have a teacher context.
 
         Returns ``(inputs or None, active [n] bool, metrics)``; ``inputs`` are ordered like the
         active rows, laid out as ``[left-padded reprompt | the same response ids]``.
         """
-        reprompts = build_reprompts(
-            batch.messages, batch.responses, batch.rewards.tolist(), batch.group_ids.tolist(), batch.feedback,
-            self.success_threshold, self.dont_reprompt_on_self_success, self.include_feedback,
-            self.feedback_only_without_solution, self.remove_thinking,
-        )
-        prompts: list[Optional[list[int]]] = []
-        truncated = 0
-        for rp in reprompts:
-            ids = None
-            if rp.active:
-                ids, cut = fit_reprompt(self.tokenizer, rp, self.max_teacher_prompt_tokens, self.templates,
-                                        batch.enable_thinking)
-                truncated += int(cut)
-            prompts.append(ids)
+        all_prompts, all_cut, all_reprompts = self.step_teacher_prompts(batch)
+        rows_in_step = slice(batch.step_offset, batch.step_offset + batch.num_sequences)
+        prompts, cut, reprompts = all_prompts[rows_in_step], all_cut[rows_in_step], all_reprompts[rows_in_step]
         active = torch.tensor([p is not None for p in prompts], dtype=torch.bool)
         metrics = {
             "reprompt_fraction": active.float().mean().item(),
             "feedback_fraction": sum(rp.feedback is not None for rp in reprompts) / len(reprompts),
-            "teacher_truncated": float(truncated),
+            "teacher_truncated": float(sum(cut)),
         }
         rows = [i for i, p in enumerate(prompts) if p is not None]
         if not rows:
-            return None, active, metrics
+            return None, active.to(batch.input_ids.device), metrics
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         # the student's response ids, unchanged, after the left-padded reprompts
         ids, attn, pos, P = pack_prompt_response([prompts[i] for i in rows], batch.response_ids[rows],
@@ -429,11 +597,11 @@ class SDPO(PolicyOptimization):
         return logits[:, P - 1 : P - 1 + T] / batch.temperature
 
     def step_sd_mask_lengths(self, batch: RolloutBatch) -> Tensor:
-        """Per-sequence loss-mask token counts over the whole optimizer step (for token-mean)."""
-        s = batch.step
-        sd = self_distillation_mask(s.rewards.tolist(), s.group_ids.tolist(), s.has_feedback.tolist(),
-                                    self.success_threshold, self.dont_reprompt_on_self_success, self.include_feedback)
-        return s.response_lengths.cpu() * torch.tensor(sd, dtype=torch.long)
+        """Per-sequence loss-mask token counts over the whole optimizer step (for token-mean):
+        rows without a teacher context, or whose teacher prompt cannot fit, count 0."""
+        prompts = self.step_teacher_prompts(batch)[0]
+        has_teacher = torch.tensor([p is not None for p in prompts], dtype=torch.long)
+        return batch.step.response_lengths.cpu() * has_teacher
 
     # ------------------------------------------------------------------ the loss
     def sdpo_per_token(self, batch: RolloutBatch, student: StudentOutput) -> tuple[Tensor, Tensor, dict[str, float]]:
@@ -468,8 +636,8 @@ class SDPO(PolicyOptimization):
                 metrics["teacher_entropy"] = _masked_mean(t_ent, m)
                 metrics["teacher_logp_sampled"] = _masked_mean(t_tok, m)
                 metrics["student_logp_sampled"] = _masked_mean(student.logp.detach()[active], m)
-        old = student.logp.detach()  # on-policy: old = current, so the ratio is exactly 1
-        per_tok = per_tok * L.importance_ratio(student.logp, old, self.is_clip)
+        # on-policy old = current (ratio exactly 1); off-policy the pre-update (sampling) log-probs
+        per_tok = per_tok * L.importance_ratio(student.logp, self.old_logp(batch, student), self.is_clip)
         return per_tok, active, metrics
 
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
@@ -480,7 +648,8 @@ class SDPO(PolicyOptimization):
                                 weights=batch.question_weights)
         metrics["distill_loss"] = loss.item()
         if self.grpo_lambda > 0:
-            grpo_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high, _on_policy(self))
+            grpo_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high,
+                                      self.old_logp(batch, student))
             grpo = L.aggregate_loss(grpo_tok, batch.response_mask,
                                     self.loss_agg_mode, self.normalizer(batch.step.response_lengths))
             loss = L.mix_losses(grpo, loss, self.grpo_lambda)
@@ -493,22 +662,22 @@ def grpo_per_token(
     norm_adv_by_std: bool = False,
     eps_low: float = 0.2,
     eps_high: float = 0.28,
-    on_policy: bool = True,
+    old_logp: Optional[Tensor] = None,
     ref_logp: Optional[Tensor] = None,
     kl_coef: float = 0.0,
 ) -> Tensor:
     """Per-token GRPO loss of a micro-batch of whole groups (``losses.grpo_token_loss``).
 
-    On-policy the old log-probs are the current ones detached (ratio ≡ 1, as verl); with
-    several updates per rollout batch they are the sampler's."""
+    ``old_logp``: the behaviour policy's log-probs (``PolicyOptimization.old_logp``); None
+    means on-policy (the current ones detached, ratio ≡ 1)."""
     adv = L.group_advantages(batch.rewards.view(-1, batch.group_size), norm_adv_by_std).view(-1, 1)
-    old = student.logp.detach() if on_policy else batch.sampler_logprobs
+    old = student.logp.detach() if old_logp is None else old_logp
     return L.grpo_token_loss(student.logp, old, adv.to(student.logp), eps_low, eps_high, ref_logp, kl_coef)
 
 
-def _on_policy(module: pl.LightningModule) -> bool:
-    dm = getattr(module._trainer, "datamodule", None) if module._trainer is not None else None
-    return getattr(dm, "updates_per_batch", 1) == 1
+def _check_grpo_args(eps_low: float, eps_high: float) -> None:
+    if not (0 <= eps_low < 1 and eps_high >= 0):
+        raise ValueError(f"model.eps_low must be in [0, 1) and model.eps_high >= 0, got {eps_low}, {eps_high}")
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> float:

@@ -186,8 +186,9 @@ def test_nonfinite_loss_is_counted_and_skipped(tiny_model_path, tmp_path):
 
     model = FlakyGRPO(tiny_model_path, optim=OptimConfig(warmup_steps=0))
     trainer = fit_briefly(model, tmp_path, epochs=3)
-    assert trainer.global_step == 3  # the run went on
+    assert trainer.global_step == 2  # the NaN step was skipped whole (no update); the run went on
     assert trainer.logged_metrics["train/nonfinite_loss"] == 1.0
+    assert trainer.logged_metrics["train/skipped_steps"] == 1.0
     assert trainer.logged_metrics["train/lr"] == pytest.approx(1e-5)
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
 

@@ -26,7 +26,9 @@ class DifficultyWeighting(pl.Callback):
         scope: normalise over ``all`` questions of the global batch (default) or only the
             ``active`` ones, i.e. those with at least one success (the questions SDPO can
             distil when feedback is off).
-        success_threshold: reward counted as a success for p̂ (paper: 0.5).
+
+    Success (for p̂) is the DataModule's ``data.success_threshold``: one definition for the
+    logged pass rates, SDPO's demonstrations and these weights.
     """
 
     def __init__(
@@ -36,19 +38,18 @@ class DifficultyWeighting(pl.Callback):
         floor: float = 0.0,
         normalization: L.WeightNormalization = "batch_mean",
         scope: L.WeightScope = "all",
-        success_threshold: float = 0.5,
     ) -> None:
         # validate early, with the loss core's own checks
         L.raw_difficulty_weights(torch.tensor([0.5]), exponent, binary, floor)
         L.normalize_weights(torch.ones(1), normalization, scope, torch.ones(1, dtype=torch.bool))
         self.exponent, self.binary, self.floor = exponent, binary, floor
-        self.normalization, self.scope, self.success_threshold = normalization, scope, success_threshold
+        self.normalization, self.scope = normalization, scope
 
-    def weights(self, rewards: torch.Tensor) -> torch.Tensor:
+    def weights(self, rewards: torch.Tensor, success_threshold: float = 0.5) -> torch.Tensor:
         """Normalised weights for ``[B_local, G]`` rewards (global over ranks)."""
-        active = (rewards >= self.success_threshold).any(dim=1)
+        active = (rewards >= success_threshold).any(dim=1)
         return L.difficulty_weights(
-            rewards, self.success_threshold, self.exponent, self.binary, self.floor,
+            rewards, success_threshold, self.exponent, self.binary, self.floor,
             self.normalization, self.scope, active, reduce=L.distributed_reduce(),
         )
 
@@ -56,4 +57,4 @@ class DifficultyWeighting(pl.Callback):
         rollouts = getattr(trainer.datamodule, "current", None)
         if rollouts is None:
             raise RuntimeError("DifficultyWeighting needs a RolloutDataModule with fresh rollouts")
-        rollouts.question_weights = self.weights(rollouts.rewards)
+        rollouts.question_weights = self.weights(rollouts.rewards, rollouts.success_threshold)

@@ -10,7 +10,7 @@ the policy object itself (transformers ``generate``) just keeps a reference.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
@@ -73,6 +73,12 @@ class RolloutEngine(Protocol):
         """Make the next :meth:`generate` sample from ``policy``'s current weights."""
 
     def generate(
-        self, prompts: list[list[int]], n: int, sampling: SamplingConfig
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: Optional[int] = None
     ) -> Generations:
-        """Sample ``n`` responses for each prompt (token ids, no padding)."""
+        """Sample ``n`` responses for each prompt (token ids, no padding).
+
+        ``seed`` makes the draw a function of the weights, the prompts and the seed alone (the
+        DataModule passes one per step, so a resumed run samples exactly what the uninterrupted
+        one did). An engine should return early (with fewer or shorter
+        responses) once ``lit_scsdpo.interrupt.stop_requested()`` is set; the caller then
+        abandons the draw with ``interrupt.check_global()``, on every rank together."""

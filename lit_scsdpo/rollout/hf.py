@@ -11,9 +11,19 @@ import time
 from typing import Optional
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .. import interrupt
 from ..layout import left_pad
 from .base import Generations, SamplingConfig
+
+
+class _StopOnRequest(StoppingCriteria):
+    """Ends ``generate`` at the next token once a stop (SIGTERM/SIGINT) was requested."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        stop = interrupt.stop_requested() is not None
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class HFGenerateEngine:
@@ -57,7 +67,10 @@ class HFGenerateEngine:
         return list(stops), stops[0] if pad is None else int(pad)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Generations:
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                 seed: Optional[int] = None) -> Generations:
+        """Sample ``n`` responses per prompt. With ``seed``, the draw uses a private RNG stream
+        (the global RNG state is left as it was), so it depends on the weights and the seed only."""
         if self.policy is None:
             raise RuntimeError("HFGenerateEngine.generate called before update_weights(policy)")
         if n < 1:
@@ -70,10 +83,16 @@ class HFGenerateEngine:
         out = Generations()
         t0 = time.perf_counter()
         per_call = max(1, self.batch_size // n)
+        devices = [device] if device.type == "cuda" else []
         try:
-            for start in range(0, len(prompts), per_call):
-                chunk = prompts[start : start + per_call]
-                self._generate_chunk(chunk, start, n, sampling, stops, pad, device, out)
+            with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for start in range(0, len(prompts), per_call):
+                    chunk = prompts[start : start + per_call]
+                    self._generate_chunk(chunk, start, n, sampling, stops, pad, device, out)
+                    if interrupt.stop_requested() is not None:
+                        break  # a signal cut the draw short; the caller abandons it (interrupt.check_global)
         finally:
             policy.train(was_training)
         out.seconds = time.perf_counter() - t0
@@ -97,6 +116,7 @@ class HFGenerateEngine:
             pad_token_id=pad,
             return_dict_in_generate=True,
             output_logits=True,
+            stopping_criteria=StoppingCriteriaList([_StopOnRequest()]),
             **kwargs,
         )
         new = res.sequences[:, width:].cpu()
