@@ -410,10 +410,13 @@ class RolloutDataModule(pl.LightningDataModule):
         responses = tokenizer.batch_decode(gens.response_ids, skip_special_tokens=True)
         scores = []
         for i, text in enumerate(responses):
+            if interrupt.stop_requested() is not None:
+                break  # abandoned below, on every rank
             row = rows[gens.prompt_index[i]]
             if not text.strip():
                 counters["empty_responses"] += 1
             scores.append(self.scorer(text, row, counters))
+        interrupt.check_global(self._device())
         score_seconds = time.perf_counter() - t0
         out = Rollouts(list(rows), messages, prompt_ids, gens.response_ids, gens.logprobs, responses, scores, n,
                        success_threshold=self.success_threshold)

@@ -147,6 +147,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._uninstall()
+        interrupt.clear()  # handled (the Preempted exit is on its way); a later run in this process starts clean
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Never save in the middle of an epoch (validation runs inside it)."""
@@ -179,6 +180,13 @@ class RunCheckpoint(ModelCheckpoint):
             self._saved_epoch = self._snapshot["epoch"]
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        try:
+            self._save_on_exception(trainer, exception)
+        finally:  # Lightning calls no teardown hook on this path
+            self._uninstall()
+            interrupt.clear()
+
+    def _save_on_exception(self, trainer: pl.Trainer, exception: BaseException) -> None:
         preempted = isinstance(exception, interrupt.Preempted)
         if not (preempted or self.save_on_failure) or trainer.state.fn != "fit":
             return

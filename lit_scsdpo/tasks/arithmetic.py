@@ -189,6 +189,13 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 _MAX_FEEDBACK_PRED = 100
 
 
+def _canonical_int(text: str) -> str:
+    """``"+015"`` -> ``"15"``, ``"-0"`` -> ``"0"``; by string, as ``int()`` refuses over 4300 digits."""
+    sign, digits = (text[0], text[1:]) if text[0] in "+-" else ("", text)
+    digits = digits.lstrip("0") or "0"
+    return ("-" if sign == "-" and digits != "0" else "") + digits
+
+
 class ArithmeticTask:
     """Procedural integer arithmetic (levels L0-L5, see :mod:`lit_scsdpo.tasks.arithmetic`).
 
@@ -214,6 +221,8 @@ class ArithmeticTask:
         system_prompt: Optional[str] = None,
         name: str = "arithmetic",
     ) -> None:
+        if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+            raise ValueError(f"levels: expected a list of levels from {sorted(LEVELS)}, got {levels!r}")
         levels = list(levels)
         if not levels:
             raise ValueError("levels: must name at least one level")
@@ -227,6 +236,8 @@ class ArithmeticTask:
                              ("test_size", test_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{field}: must be an integer >= 0, got {value!r}")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ValueError(f"system_prompt: must be a string or None, got {type(system_prompt).__name__}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name: must be a non-empty string, got {name!r}")
 
@@ -341,7 +352,7 @@ class ArithmeticTask:
         if raw is None:
             return Score(0.0, None,
                          "Your response did not contain an <answer>...</answer> tag.", False)
-        pred = str(int(raw)) if _INT_RE.fullmatch(raw) else raw
+        pred = _canonical_int(raw) if _INT_RE.fullmatch(raw) else raw
         if pred == str(int(row["answer"])):
             return Score(1.0, pred, "", True)
         shown = raw if len(raw) <= _MAX_FEEDBACK_PRED else raw[:_MAX_FEEDBACK_PRED] + "..."
