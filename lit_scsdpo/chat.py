@@ -9,10 +9,7 @@ differ).
 
 from __future__ import annotations
 
-import re
 from typing import Any
-
-THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", flags=re.DOTALL)
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], enable_thinking: bool = False) -> list[int]:
@@ -25,6 +22,19 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], enable_thinkin
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def strip_thinking(text: str) -> str:
-    """Remove ``<think>...</think>`` blocks (SDPO's ``remove_thinking_from_demonstration``)."""
-    return THINK_BLOCK.sub("", text)
+def strip_thinking(text: str, open_tag: str = "<think>", close_tag: str = "</think>") -> str:
+    """Remove ``<think>...</think>`` blocks and the whitespace after each (SDPO's
+    ``remove_thinking_from_demonstration``; the same result as the non-greedy regex
+    ``<think>.*?</think>\\s*``). A linear scan: the regex is quadratic on text with many
+    unclosed ``<think>`` tags, and demonstrations are arbitrary model output."""
+    out, pos = [], 0
+    while True:
+        start = text.find(open_tag, pos)
+        end = text.find(close_tag, start + len(open_tag)) if start >= 0 else -1
+        if end < 0:  # no (further) complete block
+            out.append(text[pos:])
+            return "".join(out)
+        out.append(text[pos:start])
+        pos = end + len(close_tag)
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
