@@ -7,16 +7,39 @@
 The module is chosen by class (``model.class_path``: ``lit_scsdpo.GRPO`` or ``lit_scsdpo.SDPO``
 or your own subclass of ``PolicyOptimization``); SC-SDPO is SDPO plus the
 ``lit_scsdpo.callbacks.DifficultyWeighting`` callback. One training epoch is one rollout batch.
+
+Differences from a plain ``LightningCLI``:
+
+* no ``--optimizer`` / ``--lr_scheduler``: the modules use manual optimisation with their own
+  AdamW and linear warm-up, set by ``model.init_args.optim`` (``OptimConfig``: ``lr``,
+  ``betas``, ``weight_decay``, ``warmup_steps``, ``grad_clip``);
+* ``--trainer.enable_progress_bar false`` drops the progress-bar callbacks a config lists;
+* a relative logger ``save_dir`` (the configs' ``lightning_logs``) is taken relative to
+  ``--trainer.default_root_dir`` when that is set, so logs and checkpoints go under it;
+* ``--threads N`` sets torch's CPU threads;
+* a few warnings a user cannot act on are silenced (``_silence_warnings``).
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import sys
+import warnings
+from typing import Any
 
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from .data import RolloutDataModule
 from .module import PolicyOptimization
+
+#: options LightningCLI adds by default that the modules' manual optimisation cannot honour
+_REMOVED_OPTIONS = ("--optimizer", "--lr_scheduler")
+_OPTIM_HINT = ("the modules use manual optimisation with their own AdamW and linear warm-up; set them with "
+               "model.init_args.optim (OptimConfig: lr, betas, weight_decay, warmup_steps, grad_clip), "
+               "e.g. --model.init_args.optim.lr 1e-5 --model.init_args.optim.warmup_steps 10")
 
 TRAINER_DEFAULTS = {
     "reload_dataloaders_every_n_epochs": 1,  # fresh on-policy rollouts every epoch
@@ -25,17 +48,84 @@ TRAINER_DEFAULTS = {
 }
 
 
+def _silence_warnings() -> None:
+    """Silence the messages a user of the CLI cannot act on (exact messages only)."""
+    # torch >= 2.10 deprecates LeafSpec, which Lightning's _pytree still builds
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    # from_pretrained returns the policy in eval mode (no dropout, as rollouts were drawn) and the
+    # SDPO teacher is in eval mode by design; Lightning >= 2.6 warns about both at fit start
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # an advertisement, printed by every Trainer
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning_utilities.core.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTip) for f in logger.filters):
+            logger.addFilter(_DropTip())
+
+
+class _DropTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        return "litlogger" not in str(record.msg)
+
+
+def _is_progress_bar(callback: Any) -> bool:
+    class_path = callback.get("class_path") if hasattr(callback, "get") else None
+    if isinstance(callback, ProgressBar):
+        return True
+    if not isinstance(class_path, str):
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 class RLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: D102
         parser.add_argument("--threads", type=int, default=0,
                             help="torch CPU threads (0: leave torch's default)")
 
+    def parse_arguments(self, parser, args) -> None:  # noqa: D102
+        argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, (list, tuple)):
+            for token in argv:
+                option = str(token).split("=", 1)[0].split(".", 1)[0]
+                if option in _REMOVED_OPTIONS:
+                    parser.error(f"unrecognized arguments: {option} is not an option of lit-scsdpo: {_OPTIM_HINT}")
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:  # noqa: D102
-        threads = self.config.get(self.subcommand, self.config).get("threads", 0)
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        threads = config.get("threads", 0)
         if threads:
             import torch
 
             torch.set_num_threads(int(threads))
+        trainer = config.get("trainer")
+        if trainer is None:
+            return
+        # --trainer.enable_progress_bar false with a config that lists a progress bar
+        if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+            kept = [c for c in _as_list(trainer.callbacks) if not _is_progress_bar(c)]
+            trainer.callbacks = kept or None
+        # relative logger directories are relative to --trainer.default_root_dir when it is set
+        root = trainer.get("default_root_dir")
+        if root:
+            for lg in _as_list(trainer.get("logger")):
+                init_args = lg.get("init_args") if hasattr(lg, "get") else None
+                save_dir = init_args.get("save_dir") if init_args is not None and hasattr(init_args, "get") else None
+                if isinstance(save_dir, (str, os.PathLike)) and not os.path.isabs(save_dir) \
+                        and "://" not in str(save_dir):
+                    init_args.save_dir = os.path.join(str(root), str(save_dir))
 
     def _print_log_dir(self, when: str) -> None:
         trainer = self.trainer
@@ -58,12 +148,14 @@ class RLCLI(LightningCLI):
 def run(args: list[str] | None = None) -> RLCLI:
     """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _silence_warnings()
     return RLCLI(
         PolicyOptimization,
         RolloutDataModule,
         subclass_mode_model=True,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # manual optimisation: model.init_args.optim
         args=args,
     )
 

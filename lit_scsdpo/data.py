@@ -512,7 +512,23 @@ class RolloutDataModule(pl.LightningDataModule):
                                     temperature or 1.0, self.enable_thinking, update_index=u,
                                     num_updates=len(starts), step_id=draw * len(starts) + u)
 
-        return DataLoader(plan, batch_size=None, shuffle=False, collate_fn=collate)
+        return DataLoader(_Plan(plan, collate), batch_size=None)
+
+
+class _Plan(torch.utils.data.IterableDataset):
+    """This rank's micro-batches, in order. Iterable (with a length), so that Lightning does not
+    re-shard it with a DistributedSampler: each rank already holds its own questions, and every
+    rank must see all of its micro-batches (a re-shard gave ranks different micro-batch counts
+    and mismatched collectives)."""
+
+    def __init__(self, items: list, collate: Any) -> None:
+        self.items, self.collate = items, collate
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return (self.collate(item) for item in self.items)
 
 
 def collate_rollouts(

@@ -204,6 +204,9 @@ class PolicyOptimization(pl.LightningModule):
         self._counters = {"nonfinite_loss": 0, "nonfinite_grad": 0, "skipped_steps": 0}
         self._consecutive_nonfinite = 0
         self._updated_in_batch = False  # an optimizer step happened on the current rollout batch
+        self._step_nonfinite = False  # a micro-batch of the current step had a non-finite loss (any rank)
+        self._step_metrics: dict[str, list[float]] = {}
+        self._step_tokens, self._step_t0 = 0, time.perf_counter()
 
     # ------------------------------------------------------------------ extension point
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
@@ -350,6 +353,7 @@ class PolicyOptimization(pl.LightningModule):
         logs.update({f"train/{k}": float(v) for k, v in self._counters.items()})
         shown = {k: logs.pop(k) for k in ("rollout/reward_mean", "train/loss") if k in logs}  # in the progress bar
         self.log_dict(shown, on_step=True, on_epoch=False, batch_size=batch.num_sequences, prog_bar=True)
+        logs["step"] = float(self.global_step)  # the TensorBoard step: optimizer steps, as validation and the screen
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.num_sequences)
         if self._consecutive_nonfinite >= self.max_nonfinite_steps:
             raise TrainingDiverged(

@@ -110,3 +110,173 @@ def test_callbacks_write_tensorboard_events(tiny_model_path, tmp_path):
     assert len(curriculum.history) == 20
     # best-so-far is kept in the callback state (saved in checkpoints)
     assert evaluation.state_dict()["best"]["val/all/best_mean@4"] >= 0
+
+
+def _has_text_pixels(img, rows, cols):
+    """Greys (anti-aliased text): neither the white background, the black axes, nor a viridis colour."""
+    region = img[rows, cols].reshape(-1, 3).astype(int)
+    return bool(((region.min(1) < 200) & (region.max(1) > 0) & (region.max(1) - region.min(1) < 30)).any())
+
+
+def test_heatmap_images_have_axes_and_colour_bar():
+    from lit_scsdpo.callbacks.curriculum import render_heatmap
+
+    values = np.array([[0.0, 0.5, 1.0, np.nan], [1.0, 1.0, 0.25, 0.0], [0.5, np.nan, 0.0, 1.0]])
+    img = render_heatmap(values, ["1", "2", "3", "4"], ["L0", "L1", "L2"], y_title="data source")
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    assert img.shape[0] > 3 * 8 and img.shape[1] > 4 * 8  # cells drawn large, plus margins
+    raw = colormap(values)
+    # find the heatmap: the top-left cell's colour, scaled up; a black frame around it
+    ys, xs = np.where((img == raw[0, 0]).all(-1))
+    top, left = ys.min(), xs.min()
+    assert (img[top - 1, left:left + 5] == 0).all() and (img[top:top + 5, left - 1] == 0).all()  # the axes
+    assert _has_text_pixels(img, slice(0, None), slice(0, left - 6))  # y labels / title, left of the axis
+    assert _has_text_pixels(img, slice(top + 3 * 4, None), slice(left, None))  # x labels below
+    right = left
+    while (img[top - 1, right] == 0).all():  # along the top of the frame
+        right += 1
+    assert right - left - 1 == 4 * (right - left - 1) // 4 >= 8  # four columns of equal width
+    # colour bar right of the map: a vertical ramp from bright (p̂ = 1) at the top to dark (p̂ = 0)
+    bright = colormap(np.array([[1.0]]))[0, 0]
+    bar_cols = [x for x in range(right + 1, img.shape[1]) if (img[top, x] == bright).all()]
+    assert bar_cols, "no colour bar"
+    bottom = top
+    while not (img[bottom + 1, bar_cols[0]] == 0).all():
+        bottom += 1
+    assert (img[bottom, bar_cols[0]] == colormap(np.array([[0.0]]))[0, 0]).all()
+    assert bottom - top > 3 * 4  # as tall as the map
+
+    cl = CurriculumLogger()
+    cl.history = [
+        {"epoch": 0, "step": 1, "uid": "a", "data_source": "L0", "p_hat": 1.0, "weight": 0.0},
+        {"epoch": 1, "step": 2, "uid": "b", "data_source": "L1", "p_hat": 0.0, "weight": 0.0},
+    ]
+    by_source, by_question = cl.heatmap_images()
+    assert by_source.shape[0] > 2 and by_source.shape[1] > 2 and by_question.shape[0] > 2
+
+
+def test_heatmap_without_pillow_still_has_axes(monkeypatch):
+    import sys
+
+    from lit_scsdpo.callbacks.curriculum import render_heatmap
+
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `from PIL import ...` raises ImportError
+    values = np.array([[0.0, 1.0], [0.5, np.nan]])
+    img = render_heatmap(values, ["1", "2"], ["a", "b"], y_title="data source")
+    ys, xs = np.where((img == colormap(values)[0, 0]).all(-1))  # the top-left cell (p̂ = 0)
+    top, left = ys.min(), xs.min()
+    assert (img[top:top + 5, left - 1] == 0).all()  # the y axis
+    right = left
+    while (img[top - 1, right] == 0).all():  # along the top of the frame
+        right += 1
+    assert right - left > 8
+    bright = [x for x in range(right + 1, img.shape[1]) if (img[top, x] == colormap(values)[0, 1]).all()]
+    assert bright, "no colour bar"
+    assert not _has_text_pixels(img, slice(0, None), slice(0, left - 1))  # no text without Pillow
+
+
+def test_evaluation_steps_baseline_and_test_stage(tiny_model_path, tmp_path, capsys):
+    """val/* curves are at the optimizer step printed as `[validation] step N` (Lightning would
+    use its count of micro-batches), the baseline before training is at step 0, and
+    `trainer.test` logs test/<source>/... and prints the table."""
+    torch.manual_seed(0)
+    model = SDPO(tiny_model_path, topk=10)
+    dm = RolloutDataModule(DigitTask(train_size=16, val_size=6, test_size=6, levels=[0, 1]), questions_per_step=4,
+                           rollouts_per_question=4, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 8),
+                           val_samples=4, val_sampling=SamplingConfig(0.6, 0.95, 8))
+    evaluation = MajorityVoteEvaluation()
+    trainer = pl.Trainer(max_epochs=2, reload_dataloaders_every_n_epochs=1, check_val_every_n_epoch=1,
+                         num_sanity_val_steps=-1, logger=TensorBoardLogger(tmp_path, name="ev"),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         log_every_n_steps=1, callbacks=[CurriculumLogger(heatmap_every_n_epochs=1), evaluation])
+    trainer.fit(model, dm)
+    out = capsys.readouterr().out
+    assert "[validation] before training:" in out
+    printed = [int(line.split("step ")[1].split(":")[0]) for line in out.splitlines()
+               if line.startswith("[validation] step ")]
+    assert printed == [1, 2]
+    steps = {}
+    for ev in Path(tmp_path).rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+        for tag in acc.Tags()["images"]:
+            assert all(e.width > 8 and e.height > 8 for e in acc.Images(tag))  # drawn with axes
+    assert sorted(steps["val/all/mean@4"]) == [0, *printed]  # step 0: the baseline
+    assert sorted(steps["val/arithmetic/L1/maj@4"]) == [0, *printed]
+    assert sorted(steps["val/reward"]) == [0, *printed]  # the module's val metrics too
+    assert sorted(steps["val/all/best_mean@4"]) == printed  # best-so-far: of the trained model only
+    best = dict(evaluation.best)
+
+    trainer.test(model, dm)
+    out = capsys.readouterr().out
+    assert "Evaluation per data source" in out and "arithmetic/L1" in out
+    metrics = trainer.callback_metrics
+    for key in ["test/all/mean@4", "test/all/maj@4", "test/all/pass@4", "test/arithmetic/L0/format_rate"]:
+        assert key in metrics, f"{key} not logged; have {sorted(metrics)}"
+    assert not any(k.startswith("test/") and "/best_" in k for k in metrics)
+    assert evaluation.best == best  # the test run leaves the validation best alone
+
+
+def test_step_progress_bar_counts_optimizer_steps(tiny_model_path, tmp_path):
+    import io
+
+    import rich
+
+    from lit_scsdpo.callbacks import StepProgressBar
+
+    torch.manual_seed(0)
+    model = SDPO(tiny_model_path, topk=10)
+    dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
+                           rollouts_per_question=2, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 6),
+                           val_samples=2, val_sampling=SamplingConfig(1.0, 1.0, 6))
+    screen = io.StringIO()
+    bar = StepProgressBar(console_kwargs={"file": screen, "force_terminal": True, "width": 250})
+    trainer = pl.Trainer(max_epochs=2, reload_dataloaders_every_n_epochs=1, check_val_every_n_epoch=2,
+                         num_sanity_val_steps=-1, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, log_every_n_steps=1, callbacks=[bar, MajorityVoteEvaluation()])
+    try:
+        trainer.fit(model, dm)
+    finally:
+        rich.reconfigure()  # RichProgressBar reconfigures the global console
+    task = bar.progress.tasks[bar.train_progress_bar_id]
+    assert (task.total, task.completed) == (2, 2)  # optimizer steps of the run, not batches of an epoch
+    # sanity check, first rollout, step 1, rollout, step 2, validation, end
+    assert bar.phases_seen == ["rollout", "validation", "rollout", "train", "rollout", "train", "validation", "done"]
+    text = screen.getvalue()  # the last frame is drawn at the end (earlier ones depend on timing)
+    assert "2/2 steps" in text and "s/step" in text and "eta 0:00:00" in bar.timing_text()
+    assert "rollout/reward_mean" in text and "train/loss" in text and "val/all/mean@2" in text
+    assert "v_num" not in text
+
+
+def test_resumed_run_logs_its_first_validation_at_its_step(tiny_model_path, tmp_path, capsys):
+    """On resume the sanity check evaluates the restored model: printed and logged at the
+    step the run resumes from, not as "before training" at step 0."""
+
+    def make():
+        torch.manual_seed(0)
+        dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
+                               rollouts_per_question=2, sampling=SamplingConfig(1.0, 1.0, 6), val_samples=2,
+                               val_sampling=SamplingConfig(1.0, 1.0, 6))
+        return SDPO(tiny_model_path, topk=10), dm
+
+    def trainer(epochs, name):
+        return pl.Trainer(max_epochs=epochs, reload_dataloaders_every_n_epochs=1, check_val_every_n_epoch=1,
+                          num_sanity_val_steps=-1, logger=TensorBoardLogger(tmp_path, name=name),
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          log_every_n_steps=1, callbacks=[MajorityVoteEvaluation()])
+
+    first = trainer(1, "first")
+    first.fit(*make())
+    first.save_checkpoint(tmp_path / "step1.ckpt")
+    capsys.readouterr()
+    trainer(2, "resumed").fit(*make(), ckpt_path=tmp_path / "step1.ckpt")
+    out = capsys.readouterr().out
+    assert "[validation] step 1 (resumed):" in out and "before training" not in out
+    steps = []
+    for ev in (tmp_path / "resumed").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+        acc.Reload()
+        steps += [e.step for e in acc.Scalars("val/all/mean@2")]
+    assert sorted(steps) == [1, 2]

@@ -277,3 +277,62 @@ def test_verifier_faults_are_counted_and_logged_once(tiny_model_path, caplog):
     assert len([m for m in caplog.messages if "KeyError" in m]) == 1
     with pytest.raises(ValueError, match="data.score_timeout"):
         RolloutDataModule(DigitTask(), score_timeout=0)
+
+
+DDP_SCRIPT = r'''
+import os, sys, json
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(1)
+import lightning.pytorch as pl
+from lit_scsdpo import GRPO, OptimConfig, RolloutDataModule
+from lit_scsdpo.rollout import SamplingConfig
+from tests.toy import DigitTask
+
+
+class NaNOnRank1(GRPO):
+    """A non-finite loss on rank 1 only, in the 2nd micro-batch of step 2."""
+    calls = 0
+
+    def compute_loss(self, batch):
+        loss, metrics = super().compute_loss(batch)
+        NaNOnRank1.calls += 1
+        if self.global_rank == 1 and NaNOnRank1.calls == 4:
+            loss = loss * float("nan")
+        return loss, metrics
+
+
+pl.seed_everything(0)
+model = NaNOnRank1({model!r}, optim=OptimConfig(lr=1e-3, warmup_steps=0))
+dm = RolloutDataModule(DigitTask(train_size=32, val_size=2, test_size=2), questions_per_step=4,
+                       rollouts_per_question=4, micro_batch_questions=1, sampling=SamplingConfig(1.0, 1.0, 6))
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     limit_val_batches=0)
+trainer.fit(model, dm)
+total = sum(p.detach().double().sum().item() for p in model.policy.parameters())
+with open(os.path.join({out!r}, f"rank{{trainer.global_rank}}.json"), "w") as f:
+    json.dump({{"step": trainer.global_step, "counters": model._counters, "params": total}}, f)
+'''
+
+
+def test_ddp_nonfinite_on_one_rank_skips_the_step_on_both(tiny_model_path, tmp_path):
+    """Before: the rank with the NaN skipped its backward alone (DDP's gradient all-reduce then
+    waits forever on the other rank) and the step still applied a partial update. Now both
+    ranks skip the whole step and stay identical."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(DDP_SCRIPT.format(root=root, model=str(tiny_model_path), out=str(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": root, "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["step"] for r in ranks] == [2, 2]  # 3 rollout batches, the NaN one skipped on both
+    assert [r["counters"]["skipped_steps"] for r in ranks] == [1, 1]
+    assert ranks[0]["params"] == ranks[1]["params"]

@@ -3,5 +3,6 @@
 from .curriculum import CurriculumLogger
 from .difficulty import DifficultyWeighting
 from .evaluation import MajorityVoteEvaluation
+from .progress import StepProgressBar
 
-__all__ = ["CurriculumLogger", "DifficultyWeighting", "MajorityVoteEvaluation"]
+__all__ = ["CurriculumLogger", "DifficultyWeighting", "MajorityVoteEvaluation", "StepProgressBar"]

@@ -1,15 +1,19 @@
 """mean@k / maj@k / pass@k evaluation per data source (paper-spec §4.2).
 
-The evaluation samples are drawn once per validation run by the DataModule's
-``val_dataloader`` with the evaluation sampling settings (``data.val_samples`` = k, default
-16; ``data.val_sampling``: temperature 0.6, top-p 0.95, as in the papers), and scored by the
-task's verifier. This callback turns them into torchmetrics (distributed-safe, per data
-source and ``all``), logs ``val/<source>/mean@k``, ``maj@k`` (verl's bootstrap, the paper's
+The evaluation samples are drawn once per validation (or test) run by the DataModule's
+``val_dataloader`` / ``test_dataloader`` with the evaluation sampling settings
+(``data.val_samples`` = k, default 16; ``data.val_sampling``: temperature 0.6, top-p 0.95, as
+in the papers), and scored by the task's verifier. This callback turns them into
+torchmetrics (distributed-safe, per data source and ``all``), logs ``val/<source>/mean@k``
+(``test/<source>/...`` under ``lit-scsdpo test``), ``maj@k`` (verl's bootstrap, the paper's
 number), ``maj@k_vote`` (one plain vote), ``pass@k``, ``format_rate`` and
-``response_length``, keeps the best value of each so far (``val/<source>/best_<metric>``),
-and prints a table per data source after ``lit-scsdpo validate`` / ``test``. While training it
-prints one line per validation, and the score before training when the sanity check runs the
-whole validation set (``trainer.num_sanity_val_steps: -1``, as in the tiny configs).
+``response_length``, keeps the best value of each so far during validation
+(``val/<source>/best_<metric>``), and prints a table per data source after
+``lit-scsdpo validate`` / ``test``. While training it prints one line per validation
+(``[validation] step N``: N is also the TensorBoard step of every ``val/*`` curve), and the
+score before training when the sanity check runs the whole validation set
+(``trainer.num_sanity_val_steps: -1``, as in the tiny configs), which it also logs at
+TensorBoard step 0.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..metrics import MajorityAtK, MeanAtK, PassAtK
 
 
 class MajorityVoteEvaluation(pl.Callback):
-    """Evaluation metrics on the validation rollouts.
+    """Evaluation metrics on the validation (and test) rollouts.
 
     Args:
         k: samples per question used by the metrics (default: all drawn, ``data.val_samples``).
@@ -77,38 +81,73 @@ class MajorityVoteEvaluation(pl.Callback):
                 out.setdefault(source, {})[name] = float(value)
         return out
 
+    # ------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dm = trainer.datamodule
-        rollouts = getattr(dm, "validation", None)
-        if rollouts is None:
-            return
-        sources = sorted({str(s) for s in dm.val_set["data_source"]}) if "data_source" in dm.val_set.column_names \
-            else ["all"]
-        if "all" in sources:
-            sources.remove("all")
-        self.last = self.compute(rollouts, sources, pl_module.device)
-        if trainer.sanity_checking:  # num_sanity_val_steps=-1: the score before training, printed only
-            pl_module.print(f"[validation] before training: {self._headline(self.last)}")
-            self.last = {}
-            return
-        for source, values in self.last.items():
-            for name, value in values.items():
-                key = f"val/{source}/{name}"
-                headline = source == "all" and name.startswith(("mean@", "maj@")) and not name.endswith("_vote")
-                pl_module.log(key, value, on_epoch=True, sync_dist=True, prog_bar=headline)  # equal on all ranks already
-                if name == "response_length" or value != value:
-                    continue
-                best_key = f"val/{source}/best_{name}"
-                self.best[best_key] = max(self.best.get(best_key, value), value)
-                pl_module.log(best_key, self.best[best_key], on_epoch=True, sync_dist=True)
+        self._epoch_end(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_end(trainer, pl_module, "test")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.last:
             return
-        if self.print_table and trainer.state.fn in ("validate", "test"):
+        if trainer.sanity_checking:  # num_sanity_val_steps=-1: the score before training
+            step = trainer.global_step  # > 0 when resuming from a checkpoint
+            when = "before training" if step == 0 else f"step {step} (resumed)"
+            pl_module.print(f"[validation] {when}: {self._headline(self.last)}")
+            self._log_baseline(trainer, step)
+            self.last = {}
+        elif self.print_table and trainer.state.fn == "validate":
             self._print(self.last)
         elif trainer.state.fn == "fit" and "all" in self.last:  # one line per validation while training
             pl_module.print(f"[validation] step {trainer.global_step}: {self._headline(self.last, self.best)}")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.last and self.print_table:
+            self._print(self.last)
+
+    def _epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
+        dm = trainer.datamodule
+        rollouts = getattr(dm, "validation", None)  # the test loader draws its samples there too
+        if rollouts is None:
+            return
+        val_set = getattr(dm, "val_set", None)
+        sources = sorted({str(s) for s in val_set["data_source"]}) \
+            if val_set is not None and "data_source" in val_set.column_names else ["all"]
+        if "all" in sources:
+            sources.remove("all")
+        self.last = self.compute(rollouts, sources, pl_module.device)
+        if trainer.sanity_checking:  # Lightning writes nothing to the loggers here: see _log_baseline
+            return
+        if trainer.state.fn == "fit":
+            # Lightning logs epoch-end metrics at its count of training *batches* (micro-batches
+            # here); a logged "step" replaces it, so that the TensorBoard step of every val/*
+            # curve (the module's too) is the optimizer step printed as "[validation] step N".
+            pl_module.log("step", float(trainer.global_step), on_epoch=True, sync_dist=True)
+        for source, values in self.last.items():
+            for name, value in values.items():
+                key = f"{prefix}/{source}/{name}"
+                headline = source == "all" and name.startswith(("mean@", "maj@")) and not name.endswith("_vote")
+                # equal on all ranks already (the metrics are synced)
+                pl_module.log(key, value, on_epoch=True, sync_dist=True, prog_bar=headline and prefix == "val")
+                if prefix != "val" or name == "response_length" or value != value:
+                    continue  # best-so-far: validation only
+                best_key = f"val/{source}/best_{name}"
+                self.best[best_key] = max(self.best.get(best_key, value), value)
+                pl_module.log(best_key, self.best[best_key], on_epoch=True, sync_dist=True)
+
+    def _log_baseline(self, trainer: pl.Trainer, step: int) -> None:
+        """The validation before training (sanity check) at TensorBoard step ``step``: 0, or
+        the step a resumed run starts from (Lightning discards what is logged while sanity
+        checking), with the module's own ``val/*`` epoch metrics."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("val/") and "/best_" not in k}
+        metrics.update({f"val/{source}/{name}": value
+                        for source, values in self.last.items() for name, value in values.items()})
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.log_metrics(metrics, step=step)
+                lg.save()
 
     @staticmethod
     def _headline(table: dict[str, dict[str, float]], best: Optional[dict[str, float]] = None) -> str:
