@@ -1,6 +1,7 @@
 """lit_scsdpo: GRPO, SDPO and SC-SDPO for LLM reasoning, on PyTorch Lightning."""
 
-from .callbacks import DifficultyWeighting
+from . import interrupt
+from .callbacks import DifficultyWeighting, RunCheckpoint
 from .data import RolloutBatch, RolloutDataModule
 from .module import GRPO, SDPO, OptimConfig, PolicyOptimization
 from .teacher import RepromptTemplates, SelfTeacher
@@ -8,5 +9,5 @@ from .teacher import RepromptTemplates, SelfTeacher
 __version__ = "0.1.0"
 __all__ = [
     "GRPO", "SDPO", "PolicyOptimization", "OptimConfig", "RolloutDataModule", "RolloutBatch",
-    "DifficultyWeighting", "SelfTeacher", "RepromptTemplates",
+    "DifficultyWeighting", "RunCheckpoint", "SelfTeacher", "interrupt", "RepromptTemplates",
 ]

@@ -126,6 +126,30 @@ class RLCLI(LightningCLI):
                 if isinstance(save_dir, (str, os.PathLike)) and not os.path.isabs(save_dir) \
                         and "://" not in str(save_dir):
                     init_args.save_dir = os.path.join(str(root), str(save_dir))
+        self._continue_log_folder(config, trainer)
+
+    def _continue_log_folder(self, config: Any, trainer: Any) -> None:
+        """``fit --ckpt_path <log dir>/checkpoints/last.ckpt``: keep logging in that run's folder
+        (the logger's ``version``) instead of a new ``version_N``, and hide the TensorBoard
+        events a killed run wrote after its checkpoint (``purge_step``)."""
+        ckpt = config.get("ckpt_path")
+        if self.subcommand != "fit" or not ckpt or not os.path.isfile(str(ckpt)):
+            return
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(str(ckpt))))
+        for lg in _as_list(trainer.get("logger")):
+            if not (hasattr(lg, "get") and str(lg.get("class_path", "")).endswith("TensorBoardLogger")):
+                continue
+            args = lg.get("init_args")
+            if args is None or args.get("version") is not None:
+                continue
+            expected = os.path.abspath(os.path.join(str(args.get("save_dir") or "lightning_logs"),
+                                                    str(args.get("name") or "lightning_logs")))
+            if os.path.dirname(run_dir) == expected and os.path.basename(run_dir).startswith("version_"):
+                import torch
+
+                state = torch.load(str(ckpt), map_location="cpu", weights_only=False, mmap=True)
+                args.version = os.path.basename(run_dir)
+                args.purge_step = int(state.get("global_step", 0)) + 1
 
     def _print_log_dir(self, when: str) -> None:
         trainer = self.trainer

@@ -224,7 +224,7 @@ class CurriculumLogger(pl.Callback):
         if r is None:
             return
         epoch, step = trainer.current_epoch, trainer.global_step
-        p_hat = (r.rewards >= 0.5).float().mean(1)
+        p_hat = r.pass_rates  # success = data.success_threshold
         weights = r.question_weights.detach().float().cpu()
         rows = [
             {"epoch": epoch, "step": step, "uid": str(row.get("uid", q)),
@@ -248,6 +248,17 @@ class CurriculumLogger(pl.Callback):
             writer.add_image("curriculum/pass_rate_by_source", by_source, step, dataformats="HWC")
             writer.add_image("curriculum/pass_rate_by_question", by_question, step, dataformats="HWC")
         writer.flush()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """On resume, rewrite the CSV from the restored history: rows a killed run appended after
+        its last checkpoint would otherwise appear twice."""
+        if not trainer.ckpt_path:
+            return
+        path = self.path(trainer)  # on every rank (a collective under DDP)
+        if trainer.is_global_zero and os.path.exists(path):
+            os.remove(path)
+            if self.history:
+                self._append_csv(path, self.history)
 
     def _append_csv(self, path: str, rows: list[dict[str, Any]]) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
