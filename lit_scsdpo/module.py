@@ -531,7 +531,7 @@ class SDPO(PolicyOptimization):
             log.info("model.topk=%d exceeds the vocabulary (%d): the full vocabulary is used", topk, vocab)
         # sibling demonstrations need G >= 2 unless the rollout may demonstrate to itself or feedback is used
         self.min_group_size = 1 if include_feedback or not dont_reprompt_on_self_success else 2
-        self._step_prompts: tuple[int, list[Optional[list[int]]], list[bool], list[Any]] = (-1, [], [], [])
+        self._step_prompts: tuple[Any, list[Optional[list[int]]], list[bool], list[Any]] = (None, [], [], [])
         self.alpha, self.topk, self.add_tail = alpha, topk, add_tail
         self.full_logit_distillation, self.is_clip = full_logit_distillation, is_clip
         self.dont_reprompt_on_self_success = dont_reprompt_on_self_success
@@ -550,7 +550,9 @@ class SDPO(PolicyOptimization):
         reprompts for every row of the batch's optimizer step; built once per step (cached), so
         the loss normaliser can count exactly the rows that have a teacher."""
         s = batch.step
-        if self._step_prompts[0] != s.step_id or len(self._step_prompts[1]) != len(s.messages):
+        # keyed on the step's content: step ids repeat across fits and in hand-made batches
+        key = (s.step_id, tuple(s.rewards.tolist()), tuple(s.responses), tuple(map(id, s.messages)))
+        if self._step_prompts[0] != key:
             reprompts = build_reprompts(
                 s.messages, s.responses, s.rewards.tolist(), s.group_ids.tolist(), s.feedback,
                 batch.success_threshold, self.dont_reprompt_on_self_success, self.include_feedback,
@@ -562,7 +564,7 @@ class SDPO(PolicyOptimization):
                                                batch.enable_thinking) if rp.active else (None, False))
                 prompts.append(ids)
                 cut.append(truncated)
-            self._step_prompts = (s.step_id, prompts, cut, reprompts)
+            self._step_prompts = (key, prompts, cut, reprompts)
         return self._step_prompts[1], self._step_prompts[2], self._step_prompts[3]
 
     def teacher_inputs(self, batch: RolloutBatch) -> tuple[Optional[dict[str, Tensor]], Tensor, dict[str, float]]:

@@ -336,3 +336,37 @@ def test_ddp_nonfinite_on_one_rank_skips_the_step_on_both(tiny_model_path, tmp_p
     assert [r["step"] for r in ranks] == [2, 2]  # 3 rollout batches, the NaN one skipped on both
     assert [r["counters"]["skipped_steps"] for r in ranks] == [1, 1]
     assert ranks[0]["params"] == ranks[1]["params"]
+
+
+def test_consecutive_nonfinite_steps_stop_the_run_after_saving(tiny_model_path, tmp_path):
+    """From step 3 on every loss is NaN: steps 3 and 4 are skipped, then the run stops with
+    TrainingDiverged, and last.ckpt holds the last good state (step 2), not a later one."""
+    from lit_scsdpo.module import TrainingDiverged
+
+    class NaNFromStep3(GRPO):
+        def compute_loss(self, batch):
+            loss, metrics = super().compute_loss(batch)
+            return (loss * float("nan") if self.trainer.current_epoch >= 2 else loss), metrics
+
+    model = NaNFromStep3(tiny_model_path, max_nonfinite_steps=2, optim=OptimConfig(lr=1e-3, warmup_steps=0))
+    dm = RolloutDataModule(DigitTask(train_size=32, val_size=2, test_size=2), questions_per_step=4,
+                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 6))
+    trainer = pl.Trainer(max_epochs=10, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, callbacks=[RunCheckpoint(dirpath=str(tmp_path), every_n_epochs=100)])
+    with pytest.raises(TrainingDiverged, match="model.max_nonfinite_steps=2"):
+        trainer.fit(model, dm)
+    ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2 and model._counters["skipped_steps"] == 2
+    saved = ckpt["state_dict"]["policy.model.embed_tokens.weight"]
+    assert torch.equal(saved, model.policy.model.embed_tokens.weight.detach())  # no update since step 2
+
+
+def test_teacher_prompt_cache_is_not_reused_across_batches(tiny_model_path):
+    """Two hand-made batches with the same step id: the second must get its own teacher
+    prompts (found by the pin tests: the cache was keyed on the step id alone)."""
+    model = SDPO(tiny_model_path)
+    pad = model.tokenizer.pad_token_id
+    _, active, _ = model.teacher_inputs(batch_of(make_rollouts(model.tokenizer, [1, 1, 0, 0]), pad=pad))
+    assert active.tolist() == [True, True, True, True]
+    _, active, _ = model.teacher_inputs(batch_of(make_rollouts(model.tokenizer, [0, 0, 0, 0]), pad=pad))
+    assert active.tolist() == [False, False, False, False]
