@@ -1,6 +1,6 @@
 """lit_scsdpo: GRPO, SDPO and SC-SDPO for LLM reasoning, on PyTorch Lightning."""
 
-from . import interrupt
+from . import interrupt, sharding  # sharding registers --trainer.strategy fsdp2
 from .callbacks import DifficultyWeighting, RunCheckpoint
 from .data import RolloutBatch, RolloutDataModule
 from .module import GRPO, SDPO, OptimConfig, PolicyOptimization
@@ -10,4 +10,5 @@ __version__ = "0.1.0"
 __all__ = [
     "GRPO", "SDPO", "PolicyOptimization", "OptimConfig", "RolloutDataModule", "RolloutBatch",
     "DifficultyWeighting", "RunCheckpoint", "SelfTeacher", "interrupt", "RepromptTemplates",
+    "sharding",
 ]

@@ -83,6 +83,19 @@ def _is_progress_bar(callback: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
+def _is_sharded_strategy(strategy: Any) -> bool:
+    """``trainer.strategy`` names FSDP2 / ModelParallel (a registered name or a class path)."""
+    if strategy is None:
+        return False
+    if not isinstance(strategy, str):
+        strategy = getattr(strategy, "class_path", None) or type(strategy).__name__
+    from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+
+    if strategy in StrategyRegistry:
+        return issubclass(StrategyRegistry[strategy]["strategy"], ModelParallelStrategy)
+    return strategy.rsplit(".", 1)[-1] in ("FSDP2Strategy", "ModelParallelStrategy")
+
+
 def _as_list(value: Any) -> list[Any]:
     if value is None or isinstance(value, bool):
         return []
@@ -126,14 +139,31 @@ class RLCLI(LightningCLI):
                 if isinstance(save_dir, (str, os.PathLike)) and not os.path.isabs(save_dir) \
                         and "://" not in str(save_dir):
                     init_args.save_dir = os.path.join(str(root), str(save_dir))
+        self._consolidate_for_one_process(config, trainer)
         self._continue_log_folder(config, trainer)
+
+    def _consolidate_for_one_process(self, config: Any, trainer: Any) -> None:
+        """``--ckpt_path`` is a sharded checkpoint folder (saved under ``fsdp2``) but this run does
+        not shard: write it as one file beside the folder and resume from that."""
+        from .checkpoints import consolidate_checkpoint, is_sharded_checkpoint
+
+        ckpt = config.get("ckpt_path")
+        if not ckpt or not is_sharded_checkpoint(str(ckpt)) or _is_sharded_strategy(trainer.get("strategy")):
+            return
+        folder = os.path.abspath(str(ckpt))
+        out = folder.rstrip(os.sep) + ".consolidated"
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+            print(f"[lit-scsdpo] {ckpt} is sharded and this run does not shard: consolidating it to {out}",
+                  flush=True)
+            consolidate_checkpoint(folder, out)
+        config.ckpt_path = out
 
     def _continue_log_folder(self, config: Any, trainer: Any) -> None:
         """``fit --ckpt_path <log dir>/checkpoints/last.ckpt``: keep logging in that run's folder
         (the logger's ``version``) instead of a new ``version_N``, and hide the TensorBoard
         events a killed run wrote after its checkpoint (``purge_step``)."""
         ckpt = config.get("ckpt_path")
-        if self.subcommand != "fit" or not ckpt or not os.path.isfile(str(ckpt)):
+        if self.subcommand != "fit" or not ckpt or not os.path.exists(str(ckpt)):
             return
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(str(ckpt))))
         for lg in _as_list(trainer.get("logger")):
@@ -147,7 +177,9 @@ class RLCLI(LightningCLI):
             if os.path.dirname(run_dir) == expected and os.path.basename(run_dir).startswith("version_"):
                 import torch
 
-                state = torch.load(str(ckpt), map_location="cpu", weights_only=False, mmap=True)
+                # a file, or a sharded folder (its meta.pt holds the loops and the step)
+                meta = os.path.join(str(ckpt), "meta.pt") if os.path.isdir(str(ckpt)) else str(ckpt)
+                state = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
                 args.version = os.path.basename(run_dir)
                 args.purge_step = int(state.get("global_step", 0)) + 1
 
@@ -186,6 +218,11 @@ def run(args: list[str] | None = None) -> RLCLI:
 
 def main(args: list[str] | None = None) -> None:
     """The ``lit-scsdpo`` console script (returns None, so its exit status is 0 on success)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in ("export", "consolidate"):  # checkpoint tools, not LightningCLI subcommands
+        from .checkpoints import main as checkpoints_main
+
+        return checkpoints_main(argv)
     run(args)
 
 

@@ -13,6 +13,7 @@ The DataModule takes the policy and its tokenizer from the LightningModule it tr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -404,7 +405,10 @@ class RolloutDataModule(pl.LightningDataModule):
                                  f"> data.max_prompt_tokens={self.max_prompt_tokens}")
         interrupt.check_global(self._device())
         self.engine.update_weights(policy)
-        gens = self.engine.generate(prompt_ids, n, sampling, seed=seed)
+        # the trainer's compute precision (bf16 autocast under bf16-mixed), as in training
+        precision = getattr(self.trainer, "precision_plugin", None)
+        with precision.forward_context() if precision is not None else contextlib.nullcontext():
+            gens = self.engine.generate(prompt_ids, n, sampling, seed=seed)
         interrupt.check_global(self._device())  # a signal during the draw: abandon it on every rank
         t0 = time.perf_counter()
         responses = tokenizer.batch_decode(gens.response_ids, skip_special_tokens=True)

@@ -77,10 +77,13 @@ def distributed_reduce(group: Optional[object] = None) -> Reduce:
 
         if not (dist.is_available() and dist.is_initialized()):
             return local_reduce(tensor, op)
-        out = tensor.detach().clone()
+        # NCCL reduces only CUDA tensors: CPU values (counts, rewards) travel through the GPU
+        comm = (torch.device("cuda", torch.cuda.current_device())
+                if tensor.device.type == "cpu" and dist.get_backend(group) == "nccl" else tensor.device)
+        out = tensor.detach().to(comm, copy=True)
         dist_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
         dist.all_reduce(out, op=dist_op, group=group)
-        return out
+        return out.to(tensor.device)
 
     return reduce
 

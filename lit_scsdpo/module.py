@@ -29,9 +29,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import interrupt
 from . import losses as L
+from . import sharding
 from .assets import resolve_model_path
 from .data import RolloutBatch
-from .layout import pack_prompt_response
+from .layout import final_hidden_states, pack_prompt_response
 from .teacher import RepromptTemplates, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,7 @@ def check_logits_are_head(model: torch.nn.Module) -> None:
     ids = torch.arange(1, 5, device=next(model.parameters()).device)[None]
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits.float()
-        h = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
-        head = model.get_output_embeddings()(h).float()
+        head = model.get_output_embeddings()(final_hidden_states(model, input_ids=ids)).float()
     if not torch.allclose(full, head, rtol=1e-3, atol=1e-3 * max(1.0, full.abs().max().item())):
         raise ValueError(f"model.logits_chunk_size: {type(model).__name__}'s logits are not lm_head(hidden state) "
                          f"(e.g. logit soft-capping or scaling); set logits_chunk_size: null for this model")
@@ -107,9 +107,8 @@ class StudentOutput:
 def _response_hidden(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
                      prompt_width: int, T: int) -> Tensor:
     """Final hidden states at the positions that predict the T response tokens."""
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=False)
-    return out.last_hidden_state[:, prompt_width - 1 : prompt_width - 1 + T]
+    hidden = final_hidden_states(model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    return hidden[:, prompt_width - 1 : prompt_width - 1 + T]
 
 
 def _chunked_token_stats(hidden: Tensor, head: torch.nn.Module, targets: Tensor, temperature: float,
@@ -150,8 +149,13 @@ class PolicyOptimization(pl.LightningModule):
         optim: optimiser settings.
         loss_agg_mode: ``token-mean`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum``
             (see ``losses.aggregate_loss``).
-        torch_dtype: dtype of the policy weights (``float32`` on CPU; ``bfloat16`` on GPU).
-        gradient_checkpointing: enable the model's activation checkpointing.
+        torch_dtype: the dtype the checkpoint is read in. Training (fit) always keeps fp32
+            master weights, gradients, AdamW state and an fp32 EMA teacher: the weights are
+            upcast after sharding, which is lossless for a bf16 checkpoint (Qwen3, OLMo-3), and
+            ``bfloat16`` halves the host memory while loading. Compute precision is
+            ``trainer.precision`` (``bf16-mixed`` on GPUs). validate/test keep this dtype.
+        gradient_checkpointing: activation checkpointing of each decoder layer (the model's
+            own, on the same layer class that sharding wraps).
         logits_chunk_size: compute the LM head, log-softmax and the distillation loss over
             chunks of this many response positions (recomputed in backward), so no ``[T, V]``
             logit matrix is materialised (long responses × large vocabularies). None: off.
@@ -262,12 +266,50 @@ class PolicyOptimization(pl.LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
+        _check_strategy(self.trainer.strategy)
         dm = getattr(self.trainer, "datamodule", None)
         G = getattr(dm, "rollouts_per_question", None)
         if stage == "fit" and G is not None and G < self.min_group_size:
             raise ValueError(f"data.rollouts_per_question must be >= {self.min_group_size} for "
                              f"{type(self).__name__} (got {G}): with one rollout per question there is no "
                              f"group baseline and no sibling demonstration, so the loss is 0 at every step")
+
+    def sharded_models(self) -> list[torch.nn.Module]:
+        """The models :meth:`configure_model` shards: the policy; subclasses add the models they
+        hold (the SDPO teacher, the GRPO reference), sharded the same way."""
+        return [self.policy]
+
+    def configure_model(self) -> None:
+        """Under :class:`~lit_scsdpo.sharding.FSDP2Strategy` (``--trainer.strategy fsdp2``): FSDP2
+        on each decoder layer and the root of every model in :meth:`sharded_models`, with the
+        trainer's mixed precision as the compute dtype. When fitting: fp32 master weights."""
+        mesh = self._device_mesh  # set by Lightning's ModelParallelStrategy, else None
+        if mesh is not None and not sharding.is_sharded(self.policy):
+            names = mesh.mesh_dim_names or ()
+            if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+                raise ValueError(f"trainer.strategy: tensor parallelism (size {mesh['tensor_parallel'].size()}) is "
+                                 f"not supported; shard with --trainer.strategy fsdp2 (all ranks data parallel)")
+            dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+            param_dtype = sharding.PRECISION_PARAM_DTYPES.get(str(self.trainer.precision))
+            for model in self.sharded_models():
+                sharding.shard_model(model, dp_mesh, param_dtype)
+        if self.trainer.state.fn == "fit":
+            self.float()  # after sharding: each rank upcasts only its shard
+
+    def on_fit_start(self) -> None:
+        precision = str(self.trainer.precision)
+        dtypes = {p.dtype for p in self.policy.parameters()}
+        if dtypes != {torch.float32} or precision == "16-mixed":
+            raise ValueError(
+                f"trainer.precision={precision!r} trains {sorted(map(str, dtypes))} weights"
+                f"{' with fp16 loss scaling, which the manual optimisation loop does not apply' if precision == '16-mixed' else ''}"
+                f": AdamW updates at learning rates like 1e-5 round away in half precision. Use "
+                f"trainer.precision: bf16-mixed (bf16 compute, fp32 master weights) or 32-true")
+        # from_pretrained returns eval mode and Lightning keeps module modes: train mode is what
+        # turns activation checkpointing on; dropout stays off so that the sampled and the
+        # trained policy are one function (on-policy ratio 1; TRL's disable_dropout default)
+        disable_dropout(self.policy)
+        self.policy.train()
 
     def configure_optimizers(self) -> Any:
         o = self.optim
@@ -320,9 +362,9 @@ class PolicyOptimization(pl.LightningModule):
     def _optimizer_step(self, opt: Any, batch: RolloutBatch) -> None:
         t0 = time.perf_counter()
         params = [p for p in self.policy.parameters() if p.grad is not None]
-        # the global norm before clipping (under FSDP: of this rank's shard)
-        grad_norm = (torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
-                     if params else torch.tensor(0.0))
+        # the global norm before clipping; under FSDP2 a DTensor reduced over the shards
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+        grad_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         nonfinite = self._step_nonfinite or self.any_rank(not bool(torch.isfinite(grad_norm)))
         nothing = not nonfinite and not self.any_rank(bool(grad_norm > 0))
         lr = opt.param_groups[0]["lr"]  # the LR this step used (before the schedule advances)
@@ -333,13 +375,16 @@ class PolicyOptimization(pl.LightningModule):
                 self.print(f"warning: non-finite grad norm at step {self.global_step}; update skipped")
         else:
             if self.optim.grad_clip > 0:
-                self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+                # by hand, with the norm computed above: the same under every strategy (Lightning's
+                # FSDP precision plugin refuses norm clipping)
+                torch.nn.utils.clip_grads_with_norm_(params, self.optim.grad_clip, norm)
             opt.step()
             self.lr_schedulers().step()
             self._updated_in_batch = True
         opt.zero_grad(set_to_none=True)
         if batch.last_in_rollout_batch and self._updated_in_batch:
             self.on_policy_updated()
+        sharding.reshard(self)  # sharded roots gathered by a forward without backward (teacher, skipped step)
         self._consecutive_nonfinite = self._consecutive_nonfinite + 1 if nonfinite else 0
         self._add_time("optimizer", time.perf_counter() - t0)
         train_seconds = time.perf_counter() - self._step_t0
@@ -378,6 +423,23 @@ class PolicyOptimization(pl.LightningModule):
                  sync_dist=True)
         fmt = torch.tensor([p is not None for p in batch.preds], dtype=torch.float32).mean()
         self.log(f"{prefix}/format_rate", fmt, on_epoch=True, batch_size=n, sync_dist=True)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability of ``model`` to 0 (dropout modules and attention dropout)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+
+
+def _check_strategy(strategy: Any) -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy):
+        raise ValueError("trainer.strategy=fsdp (FSDP1, FullyShardedDataParallel) is not supported: the package "
+                         "shards with FSDP2 in configure_model; use --trainer.strategy fsdp2")
 
 
 def _check_optim(o: OptimConfig) -> None:
@@ -428,6 +490,9 @@ class GRPO(PolicyOptimization):
                          logits_chunk_size, max_nonfinite_steps)
         self.norm_adv_by_std, self.eps_low, self.eps_high, self.kl_coef = norm_adv_by_std, eps_low, eps_high, kl_coef
         self.reference = SelfTeacher(self.policy, mode="frozen") if kl_coef > 0 else None
+
+    def sharded_models(self) -> list[torch.nn.Module]:
+        return super().sharded_models() + ([self.reference.weights] if self.reference is not None else [])
 
     def reference_logp(self, batch: RolloutBatch) -> Optional[Tensor]:
         """Sampled-token log-probs under the frozen initial policy (only when ``kl_coef > 0``)."""
@@ -541,6 +606,9 @@ class SDPO(PolicyOptimization):
         self.grpo_lambda, self.norm_adv_by_std, self.eps_low, self.eps_high = grpo_lambda, norm_adv_by_std, eps_low, eps_high
         self.teacher = SelfTeacher(self.policy, teacher_mode, teacher_rate)
 
+    def sharded_models(self) -> list[torch.nn.Module]:
+        return super().sharded_models() + ([self.teacher.weights] if self.teacher.weights is not None else [])
+
     def on_policy_updated(self) -> None:
         self.teacher.update()  # once per rollout batch, after its optimizer steps (paper-spec §1.5, A16)
 
@@ -609,10 +677,19 @@ class SDPO(PolicyOptimization):
         has_teacher = torch.tensor([p is not None for p in prompts], dtype=torch.long)
         return batch.step.response_lengths.cpu() * has_teacher
 
+    def _match_teacher_forward(self, has_inputs: bool, like: Tensor) -> None:
+        """Under FSDP2 a teacher forward is a collective (it all-gathers each layer): a rank whose
+        micro-batch has no teacher row runs a one-token forward when any other rank has one."""
+        if not sharding.is_sharded(self.policy) or not self.any_rank(has_inputs) or has_inputs:
+            return
+        one = torch.ones((1, 1), dtype=torch.long, device=like.device)
+        self.teacher.logits(input_ids=one * 0, attention_mask=one, position_ids=one * 0, use_cache=False)
+
     # ------------------------------------------------------------------ the loss
     def sdpo_per_token(self, batch: RolloutBatch, student: StudentOutput) -> tuple[Tensor, Tensor, dict[str, float]]:
         """Per-token SDPO loss ``[n, T]`` (× IS ratio) and the self-distillation mask ``[n]``."""
         inputs, active, metrics = self.teacher_inputs(batch)
+        self._match_teacher_forward(inputs is not None, batch.input_ids)
         per_tok = student.logp * 0.0  # zeros attached to the graph: an all-masked batch still backprops
         if inputs is not None and student.hidden is not None:
             t0 = time.perf_counter()

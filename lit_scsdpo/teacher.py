@@ -19,7 +19,9 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 from torch import nn
 
+from . import sharding
 from .chat import render_prompt, strip_thinking
+from .layout import final_hidden_states
 
 TeacherMode = Literal["ema", "frozen", "live", "trust_region"]
 
@@ -196,7 +198,9 @@ def fit_reprompt(
 
 
 def _detached_copy(policy: nn.Module) -> nn.Module:
-    teacher = copy.deepcopy(policy).float()  # fp32 EMA (pitfalls 5)
+    # fp32 EMA (pitfalls 5): a float32 policy gives a float32 copy; the modules keep fp32 weights
+    # whenever they train (PolicyOptimization.configure_model upcasts after sharding)
+    teacher = copy.deepcopy(policy)
     teacher.requires_grad_(False)
     teacher.eval()
     return teacher
@@ -236,6 +240,10 @@ class SelfTeacher(nn.Module):
         """One EMA step (mode ``ema``); a no-op for the other modes."""
         if self.mode != "ema":
             return
+        sharding.reshard(self.weights)  # a no-grad forward leaves a sharded root gathered
+        if any(p.dtype != torch.float32 for p in self.weights.parameters()):
+            raise ValueError("SelfTeacher.update: the EMA teacher must be float32 (a bf16 EMA at rate 0.05 "
+                             "loses most updates to rounding); train with fp32 master weights")
         for t, s in zip(self.weights.parameters(), self._policy.parameters()):
             t.lerp_(s.detach().to(t.dtype), self.rate)
         for t, s in zip(self.weights.buffers(), self._policy.buffers()):
@@ -250,8 +258,8 @@ class SelfTeacher(nn.Module):
         Not available for ``trust_region`` (it mixes the logits of two models)."""
         if self.mode == "trust_region":
             raise ValueError("hidden_states: the trust_region teacher is defined on logits only")
-        out = self._model().base_model(**model_inputs, use_cache=False)
-        return out.last_hidden_state[:, prompt_width - 1 : prompt_width - 1 + num_positions]
+        hidden = final_hidden_states(self._model(), **model_inputs)
+        return hidden[:, prompt_width - 1 : prompt_width - 1 + num_positions]
 
     def head(self) -> nn.Module:
         """The teacher's LM head (maps hidden states to logits)."""

@@ -147,3 +147,48 @@ def test_paper_config_parses():
     assert (m["optim"]["lr"], m["teacher_rate"], m["topk"], m["alpha"]) == (1e-5, 0.05, 100, 0.5)
     assert (cfg["data"]["questions_per_step"], cfg["data"]["rollouts_per_question"]) == (32, 8)
     assert cfg["data"]["val_sampling"] == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8192}
+
+
+def test_paper_recipe_runs_sharded_on_two_cpu_processes_then_resumes_on_one(tmp_path):
+    """The paper config as written (fsdp2, bf16-mixed, grad_clip 1.0, chunked logits, activation
+    checkpointing, bf16 checkpoint read), shrunk to the tiny asset and CPU: before, its
+    ``strategy: fsdp`` died at the first optimizer step on GPUs (Lightning's FSDP precision plugin
+    refuses norm clipping) and was refused on CPU. Then: its sharded last.ckpt resumes on one
+    process (consolidated by the CLI), and exports to a HF folder."""
+    from transformers import AutoModelForCausalLM
+
+    paper = ROOT / "configs" / "paper" / "scsdpo_qwen3_8b_sciknoweval.yaml"
+    shrink = ["--trainer.accelerator", "cpu", "--trainer.max_time", "null",
+              "--trainer.check_val_every_n_epoch", "100", "--trainer.default_root_dir", str(tmp_path),
+              "--model.init_args.model_name_or_path", "asset:tiny-qwen3", "--model.init_args.logits_chunk_size", "16",
+              "--model.init_args.max_teacher_prompt_tokens", "256",
+              "--data.task", "lit_scsdpo.tasks.ArithmeticTask", "--data.task.init_args.levels", "[0, 1, 2]",
+              "--data.task.init_args.train_size", "64", "--data.task.init_args.val_size", "4",
+              "--data.questions_per_step", "4", "--data.rollouts_per_question", "4",
+              "--data.sampling.max_new_tokens", "12", "--data.val_sampling.max_new_tokens", "12",
+              "--data.max_prompt_tokens", "128", "--threads", "1"]
+    out = run_cli(["fit", "--config", str(paper), *shrink, "--trainer.devices", "2", "--trainer.max_epochs", "2"],
+                  timeout=300)
+    assert out.returncode == 0, out.stderr[-5000:]
+    [folder] = sorted(tmp_path.rglob("last.ckpt"))
+    assert folder.is_dir() and len(list(folder.glob("*.distcp"))) == 2  # one shard per rank
+    scalars = read_scalars(tmp_path)
+    assert len(scalars["train/loss"]) == 2 and all(torch.isfinite(torch.tensor(scalars["train/grad_norm"])))
+    # export the sharded checkpoint as a HF model
+    from lit_scsdpo.checkpoints import load_checkpoint
+
+    full = load_checkpoint(folder)
+    assert full["global_step"] == 2
+    out = run_cli(["export", "--ckpt_path", str(folder), "--out", str(tmp_path / "hf"), "--teacher"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, full["state_dict"]["policy." + k]), k
+    assert (tmp_path / "hf" / "teacher" / "config.json").is_file()
+    # the same run continues on one process from the sharded folder
+    out = run_cli(["fit", "--config", str(paper), *shrink, "--trainer.devices", "1", "--trainer.strategy", "auto",
+                   "--trainer.max_epochs", "3", "--ckpt_path", str(folder)], timeout=300)
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert "consolidating" in out.stdout
+    assert len(read_scalars(tmp_path)["train/loss"]) == 3  # same log folder, one more step
+    assert torch.load(folder, map_location="cpu", weights_only=False)["global_step"] == 3  # now one file

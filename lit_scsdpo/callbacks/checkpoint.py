@@ -230,12 +230,15 @@ class RunCheckpoint(ModelCheckpoint):
         tmp = filepath + ".tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:
-            if os.path.isdir(tmp):  # sharded checkpoints are folders
+            if os.path.isdir(tmp) or os.path.isdir(filepath):  # sharded checkpoints are folders
                 old = filepath + ".old"
                 if os.path.exists(filepath):
                     os.replace(filepath, old)
                 os.replace(tmp, filepath)
-                shutil.rmtree(old, ignore_errors=True)
+                if os.path.isdir(old):
+                    shutil.rmtree(old, ignore_errors=True)
+                elif os.path.exists(old):
+                    os.remove(old)
             else:
                 os.replace(tmp, filepath)
         trainer.strategy.barrier("RunCheckpoint.rename")

@@ -3,6 +3,10 @@
 It samples from the policy object itself (no weight copy), in batches of left-padded
 prompts, and returns token ids plus the per-token log-probs of the sampled ids. For large
 models use the vLLM engine; this one keeps all step logits of a batch in memory.
+
+Under FSDP2 (``--trainer.strategy fsdp2``) the policy's parameters are gathered once per
+``generate`` call on every rank together (``sharding.gathered``) and freed after it, so no
+collective runs inside ``generate`` and ranks may sample responses of different lengths.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Optional
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .. import interrupt
+from .. import interrupt, sharding
 from ..layout import left_pad
 from .base import Generations, SamplingConfig
 
@@ -85,7 +89,7 @@ class HFGenerateEngine:
         per_call = max(1, self.batch_size // n)
         devices = [device] if device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            with sharding.gathered(policy), torch.random.fork_rng(devices=devices, enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
                 for start in range(0, len(prompts), per_call):
