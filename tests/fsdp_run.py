@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
-from lit_scsdpo import SDPO, DifficultyWeighting, OptimConfig, RolloutDataModule, RunCheckpoint, sharding  # noqa: E402
+from lit_scsdpo import GRPO, SDPO, DifficultyWeighting, OptimConfig, RolloutDataModule, RunCheckpoint, sharding  # noqa: E402
 from lit_scsdpo.rollout import Generations, HFGenerateEngine, SamplingConfig  # noqa: E402
 from lit_scsdpo.tasks import ArithmeticTask  # noqa: E402
 
@@ -56,6 +56,12 @@ def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def _teacher(module: torch.nn.Module) -> torch.nn.Module:
+    """The SDPO EMA teacher, or GRPO's frozen reference model."""
+    holder = module.teacher if hasattr(module, "teacher") else module.reference
+    return holder.weights
+
+
 class Recorder(pl.Callback):
     def __init__(self, out: str) -> None:
         self.out, self.steps, self.weights = out, [], []
@@ -68,7 +74,7 @@ class Recorder(pl.Callback):
                                  "rewards": batch.step.rewards.tolist(), "responses": list(batch.step.responses)})
 
     def on_train_start(self, trainer, module) -> None:
-        policy, teacher = full_state(module.policy), full_state(module.teacher.weights)
+        policy, teacher = full_state(module.policy), full_state(_teacher(module))
         opt = trainer.optimizers[0]
         steps = [float(st["step"]) for st in opt.state.values() if "step" in st]
         if trainer.is_global_zero:
@@ -78,20 +84,38 @@ class Recorder(pl.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         m = trainer.callback_metrics
         self.steps.append({"loss": float(m["train/loss"]), "grad_norm": float(m["train/grad_norm"]),
-                           "step": trainer.global_step})
-        policy, teacher = full_state(module.policy), full_state(module.teacher.weights)
+                           "step": trainer.global_step, "skipped": float(m["train/skipped_steps"])})
+        policy, teacher = full_state(module.policy), full_state(_teacher(module))
         if trainer.is_global_zero:
             torch.save({"policy": policy, "teacher": teacher}, os.path.join(self.out, f"step{trainer.global_step}.pt"))
 
     def on_train_end(self, trainer, module) -> None:
         info = {"steps": self.steps, "weights": self.weights,
                 "local_param_bytes": sharding.local_parameter_bytes(module.policy),
-                "teacher_local_param_bytes": sharding.local_parameter_bytes(module.teacher.weights),
+                "teacher_local_param_bytes": sharding.local_parameter_bytes(_teacher(module)),
                 "policy_dtypes": sorted({str(p.dtype) for p in module.policy.parameters()}),
-                "teacher_dtypes": sorted({str(p.dtype) for p in module.teacher.weights.parameters()}),
+                "teacher_dtypes": sorted({str(p.dtype) for p in _teacher(module).parameters()}),
                 "sharded": sharding.is_sharded(module.policy), "world_size": trainer.world_size}
         with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
             json.dump(info, f)
+
+
+def NaNAt(step: int) -> type:
+    """SDPO whose loss is NaN on rank 0 in optimizer step ``step`` (a skipped step under FSDP2:
+    a forward without backward on every rank)."""
+
+    class SDPOWithNaN(SDPO):
+        rollout_batches = 0
+
+        def compute_loss(self, batch):
+            loss, metrics = super().compute_loss(batch)
+            if batch.micro_index == 0:
+                SDPOWithNaN.rollout_batches += 1
+            if SDPOWithNaN.rollout_batches == step and self.global_rank == 0:
+                loss = loss * float("nan")
+            return loss, metrics
+
+    return SDPOWithNaN
 
 
 def main() -> None:
@@ -108,14 +132,19 @@ def main() -> None:
     ap.add_argument("--torch_dtype", default="float32")
     ap.add_argument("--ckpt_dir", default=None, help="save last.ckpt here at the end (RunCheckpoint)")
     ap.add_argument("--resume", default=None, help="fit --ckpt_path")
+    ap.add_argument("--grpo_kl", action="store_true", help="GRPO with a KL term to a frozen reference model")
+    ap.add_argument("--nan_step", type=int, default=0, help="a NaN loss on rank 0 in this step (0: none)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     pl.seed_everything(0)
-    model = SDPO(args.model, topk=20, optim=OptimConfig(lr=1e-3, warmup_steps=0, weight_decay=0.01,
-                                                        grad_clip=args.grad_clip),
-                 logits_chunk_size=args.chunk or None, gradient_checkpointing=args.checkpointing,
-                 torch_dtype=args.torch_dtype, max_teacher_prompt_tokens=256)
+    optim = OptimConfig(lr=1e-3, warmup_steps=0, weight_decay=0.01, grad_clip=args.grad_clip)
+    common = dict(optim=optim, logits_chunk_size=args.chunk or None, gradient_checkpointing=args.checkpointing,
+                  torch_dtype=args.torch_dtype)
+    if args.grpo_kl:
+        model = GRPO(args.model, kl_coef=0.1, **common)
+    else:
+        model = NaNAt(args.nan_step)(args.model, topk=20, max_teacher_prompt_tokens=256, **common)
     dm = RolloutDataModule(ArithmeticTask(levels=[0, 1, 2], train_size=64, val_size=4), engine=PromptSeededEngine(),
                            questions_per_step=4, rollouts_per_question=4, micro_batch_questions=1,
                            sampling=SamplingConfig(1.0, 1.0, 12), val_samples=2, max_prompt_tokens=128)

@@ -190,5 +190,6 @@ def test_paper_recipe_runs_sharded_on_two_cpu_processes_then_resumes_on_one(tmp_
                    "--trainer.max_epochs", "3", "--ckpt_path", str(folder)], timeout=300)
     assert out.returncode == 0, out.stderr[-5000:]
     assert "consolidating" in out.stdout
-    assert len(read_scalars(tmp_path)["train/loss"]) == 3  # same log folder, one more step
+    assert len(read_scalars(tmp_path)["train/loss"]) == 3  # one more step
+    assert [p.name for p in folder.parents[2].iterdir()] == ["version_0"]  # in the same log folder
     assert torch.load(folder, map_location="cpu", weights_only=False)["global_step"] == 3  # now one file

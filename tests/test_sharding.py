@@ -154,3 +154,46 @@ def test_bf16_mixed_under_sharding_keeps_fp32_master_weights_and_teacher(tmp_pat
     start, end = torch.load(tmp_path / "bf" / "start.pt"), torch.load(tmp_path / "bf" / "step2.pt")
     changed = sum(int((end["policy"][k] != start["policy"][k]).sum()) for k in end["policy"])
     assert changed > 0.5 * sum(v.numel() for v in end["policy"].values())
+
+
+def test_grpo_reference_model_is_sharded_like_the_policy(tmp_path):
+    """GRPO with a KL term holds a frozen reference model: sharded the same way, its forward on
+    every rank, and the run equals one process."""
+    run(tmp_path / "one", "--steps", "2", "--grpo_kl")
+    run(tmp_path / "two", "--steps", "2", "--grpo_kl", "--devices", "2", "--strategy", "fsdp2")
+    full, two = ranks(tmp_path / "one")[0], ranks(tmp_path / "two")
+    for r in two:
+        assert r["teacher_local_param_bytes"] == pytest.approx(full["teacher_local_param_bytes"] / 2, rel=0.01)
+    for k in range(2):
+        assert two[0]["steps"][k]["loss"] + two[1]["steps"][k]["loss"] == pytest.approx(
+            full["steps"][k]["loss"], rel=1e-5, abs=1e-9)
+        assert two[0]["steps"][k]["grad_norm"] == pytest.approx(full["steps"][k]["grad_norm"], rel=1e-5)
+    a, b = torch.load(tmp_path / "one" / "step2.pt"), torch.load(tmp_path / "two" / "step2.pt")
+    start = torch.load(tmp_path / "one" / "start.pt")
+    for k in a["policy"]:
+        assert torch.allclose(a["policy"][k], b["policy"][k], rtol=0, atol=1e-2 * LR), k
+        assert torch.equal(b["teacher"][k], start["teacher"][k])  # the reference stays frozen
+
+
+def test_nonfinite_loss_on_one_rank_skips_the_step_on_both_without_hanging(tmp_path):
+    """A NaN loss on rank 0 only: both ranks skip that step (a forward without backward under
+    FSDP2), then train on; the next step's gradient norm is the same global value on both."""
+    run(tmp_path / "nan", "--steps", "3", "--nan_step", "2", "--devices", "2", "--strategy", "fsdp2", timeout=180)
+    r0, r1 = ranks(tmp_path / "nan")
+    assert [s["step"] for s in r0["steps"]] == [s["step"] for s in r1["steps"]] == [1, 1, 2]
+    assert [s["skipped"] for s in r0["steps"]] == [s["skipped"] for s in r1["steps"]] == [0, 1, 1]
+    assert r0["steps"][2]["grad_norm"] == r1["steps"][2]["grad_norm"] > 0
+
+
+def test_gpu_check_script_dry_run_on_cpu():
+    """scripts/gpu_check.py (run on one GPU by scripts/gpu_check.sh) with --accelerator cpu: every
+    property line passes here, so the GPU check itself cannot rot unnoticed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--accelerator", "cpu",
+                          "--devices", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("PASS ", "FAIL ", "SKIP "))]
+    assert not [ln for ln in lines if ln.startswith("FAIL")]
+    for name in ("fsdp2/master_fp32", "fsdp2/ema_teacher", "fsdp2/compute_bf16", "fsdp2/activation_checkpointing",
+                 "fsdp2/checkpoint_resume", "single/policy_moved"):
+        assert any(ln.startswith(f"PASS {name}:") for ln in lines), name
