@@ -85,13 +85,15 @@ def test_crashing_verifier_is_counted_not_fatal(grpo):
     assert len(dm.current.scores) == 12
 
 
-def test_engine_logprobs_match_the_policy(grpo):
-    """The sampler's per-token log-probs equal the trainer's recomputation (ratio ≈ 1)."""
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_engine_logprobs_match_the_policy(grpo, top_p):
+    """The sampler's per-token log-probs (recorded step by step from the raw logits) equal the
+    trainer's recomputation at the sampling temperature (ratio ≈ 1), with top-p too."""
     torch.manual_seed(1)
     engine = HFGenerateEngine(batch_size=8)
     engine.update_weights(grpo.policy)
     prompt = grpo.tokenizer("What is 1+2?", add_special_tokens=False)["input_ids"]
-    gens = engine.generate([prompt, prompt[:5]], n=2, sampling=SamplingConfig(0.7, 1.0, 8))
+    gens = engine.generate([prompt, prompt[:5]], n=2, sampling=SamplingConfig(0.7, top_p, 8))
     assert gens.prompt_index == [0, 0, 1, 1] and len(gens.response_ids) == 4
     for i, resp in enumerate(gens.response_ids):
         p = [prompt, prompt[:5]][gens.prompt_index[i]]
