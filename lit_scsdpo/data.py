@@ -89,6 +89,7 @@ class RolloutBatch:
     step_offset: int = 0  # index of this micro-batch's first row among its step's rows
     success_threshold: float = 0.5  # reward counted as a success (data.success_threshold)
     stats: dict[str, float] = field(default_factory=dict)  # rollout-phase metrics
+    separate_sampler: bool = False  # sampler log-probs come from another copy of the weights (vLLM)
 
     @property
     def num_sequences(self) -> int:
@@ -119,6 +120,7 @@ class Rollouts:
     question_weights: torch.Tensor = None  # [B] set by a callback; ones by default
     stats: dict[str, float] = field(default_factory=dict)
     success_threshold: float = 0.5  # the one definition of success (data.success_threshold)
+    separate_sampler: bool = False  # sampled by an engine with its own copy of the weights (vLLM)
 
     def __post_init__(self) -> None:
         if self.question_weights is None:
@@ -423,7 +425,8 @@ class RolloutDataModule(pl.LightningDataModule):
         interrupt.check_global(self._device())
         score_seconds = time.perf_counter() - t0
         out = Rollouts(list(rows), messages, prompt_ids, gens.response_ids, gens.logprobs, responses, scores, n,
-                       success_threshold=self.success_threshold)
+                       success_threshold=self.success_threshold,
+                       separate_sampler=bool(getattr(self.engine, "separate_weights", False)))
         rewards = out.rewards
         p_hat = out.pass_rates
         lengths = torch.tensor([len(r) for r in gens.response_ids], dtype=torch.float32)
@@ -607,4 +610,5 @@ def collate_rollouts(
         step_offset=step_questions.index(questions[0]) * G if questions else 0,
         success_threshold=r.success_threshold,
         stats=dict(r.stats),
+        separate_sampler=r.separate_sampler,
     )

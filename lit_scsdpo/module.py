@@ -9,8 +9,9 @@ step logging. A new algorithm is a subclass that overrides one method,
 Kept from the paper's setting: on-policy updates (one optimizer step per rollout batch by
 default), seq-mean-token-mean aggregation over all B·G sequences for SDPO, token-mean for
 GRPO, EMA self-teacher updated once per optimizer step, IS ratio (≡1 on-policy).
-Dropped here: rollout TIS against a separate sampler (the HF engine samples with the
-trained weights; the ratio would be ≈1) and the entropy bonus (0 in the paper).
+Rollout TIS against a separate sampler (paper-spec §1.4(2), ``rollout_correction``) is on by
+default when the engine is vLLM and off with the HF engine, which samples with the trained
+weights (the weight would be ≡ 1). Dropped: the entropy bonus (0 in the paper).
 """
 
 from __future__ import annotations
@@ -92,8 +93,27 @@ class OptimConfig:
     grad_clip: float = 1.0
 
 
+ROLLOUT_CORRECTION_MODES = ("auto", "token", "off")
+
+
+@dataclass
+class RolloutCorrection:
+    """Truncated importance sampling (TIS) for the sampler/trainer mismatch (paper-spec §1.4(2)):
+    each token's loss × ``min(π_old_train(y_t) / π_sampler(y_t), cap)``, detached.
+
+    Attributes:
+        mode: ``auto`` (default): on when the rollouts come from an engine with its own copy of
+            the weights and kernels (vLLM), off for the HF engine, which samples with the trained
+            weights (the weight would be ≡ 1); ``token``: always on; ``off``.
+        cap: the truncation ρ (paper: 2).
+    """
+
+    mode: str = "auto"
+    cap: float = 2.0
+
+
 # hyper-parameters saved in checkpoints: readable by torch.load(weights_only=True), Lightning's default
-torch.serialization.add_safe_globals([OptimConfig, RepromptTemplates])
+torch.serialization.add_safe_globals([OptimConfig, RepromptTemplates, RolloutCorrection])
 
 
 @dataclass
@@ -159,6 +179,8 @@ class PolicyOptimization(pl.LightningModule):
         logits_chunk_size: compute the LM head, log-softmax and the distillation loss over
             chunks of this many response positions (recomputed in backward), so no ``[T, V]``
             logit matrix is materialised (long responses × large vocabularies). None: off.
+        rollout_correction: truncated importance sampling against the sampler's log-probs
+            (:class:`RolloutCorrection`; on by default when the engine is vLLM).
         max_nonfinite_steps: stop the run (after saving the last good state) when this many
             consecutive optimizer steps had a non-finite loss or gradient; each such step is
             skipped (no update) and counted.
@@ -181,6 +203,7 @@ class PolicyOptimization(pl.LightningModule):
         gradient_checkpointing: bool = False,
         logits_chunk_size: Optional[int] = None,
         max_nonfinite_steps: int = 3,
+        rollout_correction: RolloutCorrection = RolloutCorrection(),
     ) -> None:
         super().__init__()
         # every argument is checked before the weights load
@@ -193,7 +216,11 @@ class PolicyOptimization(pl.LightningModule):
         if max_nonfinite_steps < 1:
             raise ValueError(f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         _check_optim(optim)
+        if rollout_correction.mode not in ROLLOUT_CORRECTION_MODES or not rollout_correction.cap > 0:
+            raise ValueError(f"model.rollout_correction: mode must be one of {ROLLOUT_CORRECTION_MODES} and cap > 0, "
+                             f"got {rollout_correction}")
         self.save_hyperparameters()
+        self.rollout_correction = rollout_correction
         self.automatic_optimization = False
         self.optim = optim
         self.loss_agg_mode = loss_agg_mode
@@ -242,6 +269,22 @@ class PolicyOptimization(pl.LightningModule):
         the rollouts were sampled with, i.e. before this batch's first update."""
         on_policy = batch.step.num_updates == 1
         return student.logp.detach() if on_policy else batch.sampler_logprobs.to(student.logp)
+
+    def rollout_is_weights(self, batch: RolloutBatch, student: StudentOutput) -> tuple[Optional[Tensor], dict[str, float]]:
+        """The per-token TIS weight ``[n, T]`` (None when off) and its diagnostics: the mean
+        weight, the largest untruncated ratio and the share of truncated tokens."""
+        c = self.rollout_correction
+        if c.mode == "off" or (c.mode == "auto" and not batch.separate_sampler):
+            return None, {}
+        old = self.old_logp(batch, student)
+        sampler = batch.sampler_logprobs.to(old)
+        weights = L.importance_ratio(old, sampler, c.cap)
+        raw = (old.detach().float() - sampler.float()).clamp(-20, 20).exp()
+        m = batch.response_mask.to(old)
+        tokens = m > 0
+        return weights, {"rollout_is_mean": _masked_mean(weights, m),
+                         "rollout_is_max": raw[tokens].max().item() if tokens.any() else 1.0,
+                         "rollout_is_clipped": _masked_mean((raw > c.cap).float(), m)}
 
     def reduce(self, tensor: Tensor, op: L.ReduceOp) -> Tensor:
         """Global reduction over data-parallel ranks (identity on one process)."""
@@ -482,12 +525,13 @@ class GRPO(PolicyOptimization):
         gradient_checkpointing: bool = False,
         logits_chunk_size: Optional[int] = None,
         max_nonfinite_steps: int = 3,
+        rollout_correction: RolloutCorrection = RolloutCorrection(),
     ) -> None:
         _check_grpo_args(eps_low, eps_high)
         if kl_coef < 0:
             raise ValueError(f"model.kl_coef must be >= 0, got {kl_coef}")
         super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
-                         logits_chunk_size, max_nonfinite_steps)
+                         logits_chunk_size, max_nonfinite_steps, rollout_correction)
         self.norm_adv_by_std, self.eps_low, self.eps_high, self.kl_coef = norm_adv_by_std, eps_low, eps_high, kl_coef
         self.reference = SelfTeacher(self.policy, mode="frozen") if kl_coef > 0 else None
 
@@ -507,9 +551,12 @@ class GRPO(PolicyOptimization):
         student = self.student_forward(batch)
         per_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high,
                                  self.old_logp(batch, student), self.reference_logp(batch), self.kl_coef)
+        tis, tis_metrics = self.rollout_is_weights(batch, student)
+        if tis is not None:
+            per_tok = per_tok * tis
         mask = batch.response_mask
         loss = L.aggregate_loss(per_tok, mask, self.loss_agg_mode, self.normalizer(batch.step.response_lengths))
-        return loss, {"entropy": _masked_mean(student.entropy, mask), **_weight_stats(batch)}
+        return loss, {"entropy": _masked_mean(student.entropy, mask), **_weight_stats(batch), **tis_metrics}
 
 
 class SDPO(PolicyOptimization):
@@ -567,6 +614,7 @@ class SDPO(PolicyOptimization):
         gradient_checkpointing: bool = False,
         logits_chunk_size: Optional[int] = None,
         max_nonfinite_steps: int = 3,
+        rollout_correction: RolloutCorrection = RolloutCorrection(),
     ) -> None:
         # every argument is checked before the weights load
         if logits_chunk_size is not None and (teacher_mode == "trust_region" or not full_logit_distillation):
@@ -590,7 +638,7 @@ class SDPO(PolicyOptimization):
             raise ValueError(f"model.max_teacher_prompt_tokens must be >= 1, got {max_teacher_prompt_tokens}")
         _check_grpo_args(eps_low, eps_high)
         super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
-                         logits_chunk_size, max_nonfinite_steps)
+                         logits_chunk_size, max_nonfinite_steps, rollout_correction)
         vocab = self.policy.get_output_embeddings().weight.shape[0]
         if topk is not None and topk > vocab:
             log.info("model.topk=%d exceeds the vocabulary (%d): the full vocabulary is used", topk, vocab)
@@ -721,6 +769,10 @@ class SDPO(PolicyOptimization):
                 metrics["student_logp_sampled"] = _masked_mean(student.logp.detach()[active], m)
         # on-policy old = current (ratio exactly 1); off-policy the pre-update (sampling) log-probs
         per_tok = per_tok * L.importance_ratio(student.logp, self.old_logp(batch, student), self.is_clip)
+        tis, tis_metrics = self.rollout_is_weights(batch, student)
+        if tis is not None:  # the sampler/trainer mismatch (vLLM), paper-spec §1.4(2)
+            per_tok = per_tok * tis
+        metrics.update(tis_metrics)
         return per_tok, active, metrics
 
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
@@ -733,6 +785,8 @@ class SDPO(PolicyOptimization):
         if self.grpo_lambda > 0:
             grpo_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high,
                                       self.old_logp(batch, student))
+            tis = self.rollout_is_weights(batch, student)[0]
+            grpo_tok = grpo_tok if tis is None else grpo_tok * tis
             grpo = L.aggregate_loss(grpo_tok, batch.response_mask,
                                     self.loss_agg_mode, self.normalizer(batch.step.response_lengths))
             loss = L.mix_losses(grpo, loss, self.grpo_lambda)

@@ -166,7 +166,8 @@ def test_paper_recipe_runs_sharded_on_two_cpu_processes_then_resumes_on_one(tmp_
               "--data.task.init_args.train_size", "64", "--data.task.init_args.val_size", "4",
               "--data.questions_per_step", "4", "--data.rollouts_per_question", "4",
               "--data.sampling.max_new_tokens", "12", "--data.val_sampling.max_new_tokens", "12",
-              "--data.max_prompt_tokens", "128", "--threads", "1"]
+              "--data.max_prompt_tokens", "128", "--threads", "1",
+              "--data.engine", "lit_scsdpo.rollout.HFGenerateEngine"]  # vLLM: tests/test_vllm.py
     out = run_cli(["fit", "--config", str(paper), *shrink, "--trainer.devices", "2", "--trainer.max_epochs", "2"],
                   timeout=300)
     assert out.returncode == 0, out.stderr[-5000:]

@@ -1,6 +1,7 @@
 """The modules on hand-made rollouts: token alignment, SC-SDPO = SDPO × w_q, micro-batch
 invariance of the whole loss, non-finite handling, GRPO gradient sign."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -218,3 +219,40 @@ def test_chunked_logits_match_unchunked(tiny_model_path, cls, kwargs):
 def test_chunked_rejects_unsupported_modes(tiny_model_path):
     with pytest.raises(ValueError, match="logits_chunk_size"):
         SDPO(tiny_model_path, logits_chunk_size=4, teacher_mode="trust_region")
+
+
+@pytest.mark.parametrize("algo", ["grpo", "sdpo"])
+def test_rollout_correction_weights_each_token_by_the_truncated_sampler_ratio(tiny_model_path, algo):
+    """paper-spec §1.4(2): per-token loss × min(π_old_train / π_sampler, 2), detached. ``auto`` is
+    on for rollouts from a separate sampler (vLLM) only; the weight is pinned against a
+    hand computation from the trainer's own log-probs."""
+    from lit_scsdpo import GRPO, SDPO, RolloutCorrection
+    from lit_scsdpo.module import _response_logits
+
+    torch.manual_seed(0)
+    cls, kw = (GRPO, {}) if algo == "grpo" else (SDPO, {"topk": 10})
+    modes = {m: cls(tiny_model_path, rollout_correction=RolloutCorrection(mode=m), **kw) for m in ("auto", "off")}
+    modes["off"].policy.load_state_dict(modes["auto"].policy.state_dict())
+    r = make_rollouts(modes["auto"].tokenizer, [1, 0, 1, 0, 1, 1, 0, 0])
+    batch = batch_of(r, pad=modes["auto"].tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = _response_logits(modes["auto"].policy, batch, batch.input_ids, batch.attention_mask,
+                                  batch.position_ids, batch.prompt_width).float()
+        trainer_logp = torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+    # the sampler thinks some tokens are 3x less likely (ratio 3 -> truncated to 2), others 1.5x more likely
+    shift = torch.where(torch.arange(batch.response_ids.shape[1]) % 2 == 0, -math.log(3.0), math.log(1.5))
+    batch.sampler_logprobs = (trainer_logp + shift).detach()
+    assert modes["auto"].rollout_is_weights(batch, modes["auto"].student_forward(batch))[0] is None  # HF rollouts
+    batch.separate_sampler = True
+    student = modes["auto"].student_forward(batch)
+    w, metrics = modes["auto"].rollout_is_weights(batch, student)
+    expected = torch.where(torch.arange(batch.response_ids.shape[1]) % 2 == 0, 2.0, 1 / 1.5).expand_as(w)
+    m = batch.response_mask > 0
+    assert torch.allclose(w[m], expected[m], atol=1e-5)
+    assert metrics["rollout_is_max"] == pytest.approx(3.0, rel=1e-4)
+    assert 0 < metrics["rollout_is_clipped"] < 1
+    on, _ = modes["auto"].compute_loss(batch)
+    off, _ = modes["off"].compute_loss(batch)
+    assert not torch.allclose(on, off)
+    on.backward()
+    assert all(torch.isfinite(p.grad).all() for p in modes["auto"].policy.parameters() if p.grad is not None)
