@@ -60,13 +60,25 @@ def test_sampler_logprobs_match_the_trainer(setup):
 
 
 def test_seeded_draws_repeat_and_leave_the_global_rng_alone(setup):
-    _, engine, prompts = setup
+    import random
+
+    import numpy as np
+
+    model, engine, prompts = setup
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=12)
-    torch.manual_seed(11)
-    expected = torch.rand(3)
-    torch.manual_seed(11)
+
+    def draws():
+        return torch.rand(3), np.random.rand(2), random.random()
+
+    torch.manual_seed(11), np.random.seed(11), random.seed(11)
+    expected = draws()
+    torch.manual_seed(11), np.random.seed(11), random.seed(11)
+    fresh = VLLMEngine()  # vLLM's start-up reseeds the global RNGs; the engine restores them
+    fresh.update_weights(model.policy)
     a = engine.generate(prompts, 4, sampling, seed=5)
-    assert torch.equal(torch.rand(3), expected)  # the trainer's RNG stream is untouched
+    got = draws()  # the trainer's RNG streams are untouched
+    assert torch.equal(got[0], expected[0]) and (got[1] == expected[1]).all() and got[2] == expected[2]
+    assert fresh.generate(prompts, 4, sampling, seed=5).response_ids == a.response_ids  # the same in any engine
     b = engine.generate(prompts, 4, sampling, seed=5)
     c = engine.generate(prompts, 4, sampling, seed=6)
     assert a.response_ids == b.response_ids and a.logprobs == b.logprobs
