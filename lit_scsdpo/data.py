@@ -143,8 +143,9 @@ class Rollouts:
         return (self.rewards >= self.success_threshold).float().mean(1)
 
 
-class _ScoreTimeout(Exception):
-    pass
+class _ScoreTimeout(BaseException):
+    """A BaseException: verifiers (sympy, math-verify, reasoning-gym) catch ``Exception``, and
+    would otherwise swallow the timeout and return a wrong answer instead of being cut."""
 
 
 def _raise_timeout(signum, frame):  # SIGALRM handler

@@ -356,7 +356,12 @@ class PolicyOptimization(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.optim
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        params = list(self.policy.parameters())
+        # the fused kernel: on CPU ~7x faster than the default foreach path at 135M parameters
+        # (0.19 vs 1.3 s per step), which also allocates full-size temporaries; not for DTensors
+        fused = bool(params) and all(not hasattr(p, "to_local") and p.device.type in ("cpu", "cuda") for p in params)
+        opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                                fused=True if fused else None)
         warm = max(0, int(o.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

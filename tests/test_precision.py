@@ -37,6 +37,7 @@ def test_bf16_checkpoint_trains_fp32_master_weights_and_teacher():
     fit(model, precision="bf16-mixed", epochs=2)
     assert {p.dtype for p in model.policy.parameters()} == {torch.float32}
     assert {p.dtype for p in model.teacher.weights.parameters()} == {torch.float32}
+    assert model.optimizers().optimizer.defaults["fused"]  # AdamW's fused kernel (fp32 master weights)
     layer = model.policy.model.layers[0].mlp.up_proj.weight
     changed = (layer != start["model.layers.0.mlp.up_proj.weight"]).float().mean().item()
     assert changed > 0.9  # bf16 storage at lr 1e-5 changed ~0 of them

@@ -159,7 +159,7 @@ def test_tool_parser_survives_deep_nesting_and_huge_integers():
                  'Action: a\nAction Input: {"x": ' + "[" * 500 + "]" * 500 + "}"]:  # too deep to keep
         assert parse_tool_calls(text) == (["a"], {}, False)
         score = ToolUseTask(test_file="unused.json").score(text, {"answer": CALLS})
-        assert score.reward == 0.0 and not score.format_ok
+        assert score.reward == 0.0 and score.format_ok  # format = SDPO is_correct_format
 
 
 def test_arithmetic_score_huge_integer():

@@ -2,6 +2,8 @@
 
 from .arithmetic import ArithmeticTask
 from .base import Score, Task, extract_tagged_answer
-from .files import MultipleChoiceTask, ToolUseTask
+from .files import MultipleChoiceTask, SciKnowEvalTask, ToolUseTask
+from .math import MathTask  # math-verify is imported by MathTask(), not here (optional extra)
 
-__all__ = ["ArithmeticTask", "MultipleChoiceTask", "Score", "Task", "ToolUseTask", "extract_tagged_answer"]
+__all__ = ["ArithmeticTask", "MathTask", "MultipleChoiceTask", "Score", "SciKnowEvalTask", "Task", "ToolUseTask",
+           "extract_tagged_answer"]

@@ -1,18 +1,21 @@
-"""The paper's benchmarks from local JSON-lines files (SDPO's data format, paper-spec §1.9).
+"""The paper's benchmarks: SciKnowEval multiple choice and ToolAlpaca tool use.
 
-Rows have ``idx``, ``prompt`` (the user message), ``system`` (a system prompt, or ``None`` /
-``"None"``), ``answer``, ``kind`` and ``dataset``. Files are read with the ``datasets`` JSON
-loader; ``validation`` is the test file, as in the papers (validation = the benchmark's test
-split, evaluated during training). ``load`` checks every row (non-empty ``prompt``, a usable
-``answer``, unique ``idx``) and stops on the first bad one with a one-line ``ValueError``.
+Rows are in SDPO's format (paper-spec §1.9): ``idx``, ``prompt`` (the user message), ``system``
+(a system prompt, or ``None`` / ``"None"``), ``answer``, ``kind``, ``dataset``. They come from
 
-* :class:`MultipleChoiceTask`: SciKnowEval L3 MCQ (Biology / Chemistry / Material / Physics).
-  Reward 1 iff the text after the last ``<answer>`` (up to the following ``</answer>``),
-  stripped, equals the gold letter; ``pred`` is that text. No feedback (as the paper's reward).
-* :class:`ToolUseTask`: ToolAlpaca. Reward 1 iff the multiset of ``Action:`` names equals
-  the gold one **and** the merged dict of all ``Action Input:`` JSON objects equals the merged
-  gold inputs; ``pred`` is ``"Actions: [...], Inputs: {...}"``. Its feedback names the
-  mismatch and therefore contains the gold answer: keep ``include_feedback`` off (pitfalls 14).
+* local JSON-lines or parquet files (:class:`MultipleChoiceTask`, :class:`ToolUseTask`), read
+  with the ``datasets`` loaders; ``validation`` is the test file, as in the papers;
+* the hub (:class:`SciKnowEvalTask`): ``hicai-zju/SciKnowEval`` read with
+  ``datasets.load_dataset``, filtered and split exactly as SDPO's data scripts do.
+
+Every row is checked on load; the first bad one stops with a one-line ``ValueError`` naming the
+task, the file (or hub id), the row and the field.
+
+The rewards follow the official SDPO reward code (``lasgroup/SDPO``,
+``verl/utils/reward_score/feedback/mcq.py`` and ``tooluse.py``) rule for rule, lenient parts
+included; each function below says which rule it implements. Where those rules fail on valid
+input (tool use), a corrected parser is an option, never the default. ``docs/tasks.md`` states
+the rules and where they came from.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Optional, Sequence
 
 from .base import Score, extract_tagged_answer
 
@@ -29,48 +32,35 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import datasets
 
 _SPLITS = ("train", "validation", "test")
+_DROP = ("embedding", "description", "tests", "uid", "data_source")  # unused or ours to add
 
 
-class _JsonLinesTask:
-    """Shared loading: ``{split}.json`` files of one benchmark, uid and data_source added."""
+# ------------------------------------------------------------------ reading files
+class _FileTask:
+    """Shared loading: one benchmark's ``{split}`` files (JSON lines or parquet)."""
 
     def __init__(self, name: str, train_file: Optional[str], test_file: str) -> None:
         self.name = name
         self.files = {"train": train_file, "validation": test_file, "test": test_file}
 
     def load(self, split: str) -> "datasets.Dataset":
-        """``split`` read with the ``datasets`` JSON loader, every row checked (:meth:`check_row`).
+        """``split`` read with the ``datasets`` JSON (or, for ``*.parquet``, parquet) loader,
+        every row checked (:meth:`check_row`).
 
         Raises:
             FileNotFoundError: the file does not exist.
             ValueError: (one line naming the task, the file and, for a bad row, its 0-based row
-                index, 1-based line and field) the file is empty, not JSON lines, or a row is
-                unusable. Raised here, before training, rather than mid-run in the chat
-                template or the verifier.
+                index, for JSON its 1-based line, and the field) the file is empty, unreadable,
+                or a row is unusable. Raised here, before training, rather than mid-run.
         """
-        import datasets
-
-        if split not in _SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {_SPLITS}")
+        _check_split(split)
         path = self.files[split]
         if path is None:
             raise ValueError(f"task {self.name!r} has no {split} file")
-        try:
-            ds = datasets.load_dataset("json", data_files=path, split="train")
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"task {self.name!r}: {split} file not found: {path}") from exc
-        except Exception as exc:  # empty: StopIteration/ValueError; bad JSON: DatasetGenerationError
-            raise ValueError(f"task {self.name!r}: {path} {_why_unreadable(path, exc)}") from exc
-        drop = ("embedding", "description", "tests", "uid", "data_source")
-        ds = ds.select_columns([c for c in ds.column_names if c not in drop])
-        try:  # decode every value now, so that no row fails later in a consumer
-            rows = list(ds)  # the decoding path consumers use (to_list() skips feature decoding)
-        except Exception as exc:  # Arrow structs with odd field names ("", "\x00", duplicates)
-            raise ValueError(f"task {self.name!r}: {path} could not be read by the datasets JSON "
-                             f"loader: {_one_line(exc)}") from exc
-        validate_rows(rows, path, self.name, self.check_row)
-        uids = [f"{self.name}/{split}/{_row_key(row, i)}" for i, row in enumerate(rows)]
-        return ds.add_column("uid", uids).add_column("data_source", [self.name] * len(rows))
+        ds, rows = _read(self.name, path)
+        line_of = None if _is_parquet(path) else (lambda i: _line_of(path, i))
+        validate_rows(rows, path, self.name, self.check_row, line_of)
+        return _with_uids(ds, self.name, split, rows)
 
     def check_row(self, row: dict[str, Any]) -> Optional[str]:
         """What is wrong with ``row`` (None: usable). Subclasses add their ``answer`` check."""
@@ -79,12 +69,52 @@ class _JsonLinesTask:
             return f"field 'system' must be a string or null, got {type(system).__name__}"
         if isinstance(idx, (list, dict)):  # the uid suffix
             return f"field 'idx' must be a number or string, got {type(idx).__name__}"
+        if isinstance(row.get("prompt"), list) and "reward_model" in row:
+            return ("field 'prompt' is a chat (a verl-preprocessed file?); expected SDPO rows with "
+                    "the user message as a string: use the train.json/test.json it was made from")
         return _need_text(row, "prompt", "the user message")
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
         system = row.get("system")
         msgs = [] if system in (None, "", "None") else [{"role": "system", "content": system}]
         return msgs + [{"role": "user", "content": row["prompt"]}]
+
+
+def _check_split(split: str) -> None:
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {_SPLITS}")
+
+
+def _is_parquet(path: str) -> bool:
+    return str(path).endswith(".parquet")
+
+
+def _read(task: str, path: str) -> tuple["datasets.Dataset", list[dict[str, Any]]]:
+    """``path`` as a dataset (unused columns dropped) and its decoded rows."""
+    import datasets
+
+    kind = "parquet" if _is_parquet(path) else "json"
+    try:
+        ds = datasets.load_dataset(kind, data_files=path, split="train")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"task {task!r}: file not found: {path}") from exc
+    except Exception as exc:  # empty: StopIteration/ValueError; bad JSON: DatasetGenerationError
+        why = (_why_unreadable if kind == "json" else _why_unreadable_parquet)(path, exc)
+        raise ValueError(f"task {task!r}: {path} {why}") from exc
+    ds = ds.select_columns([c for c in ds.column_names if c not in _DROP])
+    try:  # decode every value now, so that no row fails later in a consumer
+        rows = list(ds)  # the decoding path consumers use (to_list() skips feature decoding)
+    except Exception as exc:  # Arrow structs with odd field names ("", "\x00", duplicates)
+        raise ValueError(f"task {task!r}: {path} could not be read by the datasets {kind} "
+                         f"loader: {_one_line(exc)}") from exc
+    if not rows:
+        raise ValueError(f"task {task!r}: {path} is empty (no rows)")
+    return ds, rows
+
+
+def _with_uids(ds: "datasets.Dataset", task: str, split: str, rows: list[dict[str, Any]]) -> "datasets.Dataset":
+    uids = [f"{task}/{split}/{_row_key(row, i)}" for i, row in enumerate(rows)]
+    return ds.add_column("uid", uids).add_column("data_source", [task] * len(rows))
 
 
 def _row_key(row: dict[str, Any], index: int) -> Any:
@@ -108,7 +138,7 @@ def _one_line(exc: BaseException, limit: int = 120) -> str:
 
 
 def _why_unreadable(path: str, exc: BaseException) -> str:
-    """Why the ``datasets`` loader failed on ``path``, from a cheap line-by-line re-read."""
+    """Why the ``datasets`` JSON loader failed on ``path``, from a cheap line-by-line re-read."""
     rows = 0
     with open(path, "rb") as f:
         for line_no, line in enumerate(f, 1):
@@ -128,6 +158,17 @@ def _why_unreadable(path: str, exc: BaseException) -> str:
     return f"could not be read by the datasets JSON loader: {_one_line(exc.__cause__ or exc)}"
 
 
+def _why_unreadable_parquet(path: str, exc: BaseException) -> str:
+    import pyarrow.parquet as pq
+
+    try:
+        if pq.read_metadata(path).num_rows == 0:
+            return "is empty (no rows)"
+    except Exception:  # not parquet at all: the loader's own message says so
+        pass
+    return f"could not be read by the datasets parquet loader: {_one_line(exc.__cause__ or exc)}"
+
+
 def _line_of(path: str, index: int) -> Optional[int]:
     """1-based line of the ``index``-th row (the loader skips blank lines); None if not found."""
     with open(path, "rb") as f:
@@ -136,10 +177,11 @@ def _line_of(path: str, index: int) -> Optional[int]:
 
 
 def validate_rows(rows: Iterable[dict[str, Any]], path: str, task: str,
-                  check: Callable[[dict[str, Any]], Optional[str]]) -> None:
-    """Raise a one-line ``ValueError`` naming ``task``, ``path``, the row and the field at the
-    first of ``rows`` (read from ``path``) that ``check`` rejects, or that repeats an earlier
-    row's uid (``idx``)."""
+                  check: Callable[[dict[str, Any]], Optional[str]],
+                  line_of: Optional[Callable[[int], Optional[int]]] = None) -> None:
+    """Raise a one-line ``ValueError`` naming ``task``, ``path``, the row (and, given
+    ``line_of``, its line) and the field at the first of ``rows`` that ``check`` rejects, or
+    that repeats an earlier row's uid (``idx``)."""
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         problem = check(row)
@@ -147,39 +189,209 @@ def validate_rows(rows: Iterable[dict[str, Any]], path: str, task: str,
         if problem is None and key in seen:
             problem = f"field 'idx' value {key!r} repeats row {seen[key]} (uids must be unique)"
         if problem is not None:
-            line = _line_of(path, i)
+            line = line_of(i) if line_of else None
             where = f"row {i} (0-based" + (f", line {line})" if line else ")")
             raise ValueError(f"task {task!r}: {path} {where}: {problem}")
         seen[key] = i
 
 
-class MultipleChoiceTask(_JsonLinesTask):
-    """SciKnowEval-style multiple choice (gold = a letter).
+# ------------------------------------------------------------------ multiple choice (SciKnowEval)
+def official_mcq_answer(text: str) -> str:
+    """SDPO ``mcq.extract_xml_answer``: the text after the LAST ``<answer>`` (all of ``text``
+    when there is none), cut at the first ``</answer>`` after it (kept whole when there is
+    none), stripped. A bare ``B`` gives ``"B"``; ``<answer>B`` gives ``"B"``; ``B</answer>``
+    gives ``"B"``. Linear: ``rfind``/``find`` instead of splitting copies."""
+    start = text.rfind("<answer>")
+    start = 0 if start < 0 else start + len("<answer>")
+    end = text.find("</answer>", start)
+    return text[start:end if end >= 0 else len(text)].strip()
+
+
+_MCQ_FORMAT = re.compile(r"<answer>\s*[ABCD]\s*</answer>$")
+
+
+def official_mcq_format(text: str) -> bool:
+    """SDPO ``mcq.is_correct_format``: the text ends (``$``: optionally before one final
+    newline) with ``<answer>``, one of the letters A-D (whitespace around it allowed) and
+    ``</answer>``."""
+    return _MCQ_FORMAT.search(text) is not None
+
+
+class MultipleChoiceTask(_FileTask):
+    """SciKnowEval-style multiple choice (gold = a letter), from local files.
+
+    Reward (SDPO ``mcq.compute_score``): 1 iff :func:`official_mcq_answer` equals the gold
+    ``answer`` exactly (case-sensitive, no normalisation); ``pred`` is that text (never None);
+    ``format_ok`` is :func:`official_mcq_format`; no feedback.
 
     Args:
         name: the data source name, e.g. ``sciknoweval/chemistry``.
-        train_file: JSON-lines training file (None: evaluation only).
-        test_file: JSON-lines test file (also the validation split).
+        test_file: JSON-lines (or ``.parquet``) test file (also the validation split).
+        train_file: training file (None: evaluation only).
+        require_tags: False (default): the official rule above. True: the stricter rule this
+            package used before, where text without an ``<answer>`` tag followed by a
+            ``</answer>`` scores 0 with ``pred`` None.
     """
 
-    def __init__(self, name: str, test_file: str, train_file: Optional[str] = None) -> None:
+    def __init__(self, name: str, test_file: str, train_file: Optional[str] = None,
+                 require_tags: bool = False) -> None:
         super().__init__(name, train_file, test_file)
+        self.require_tags = require_tags
 
     def check_row(self, row: dict[str, Any]) -> Optional[str]:
-        return super().check_row(row) or _need_text(row, "answer", "the gold letter")
+        problem = super().check_row(row) or _need_text(row, "answer", "the gold letter")
+        if problem is None and row["answer"] != row["answer"].strip():
+            problem = (f"field 'answer' {row['answer']!r} has surrounding whitespace (it is "
+                       f"compared exactly, so no answer could match)")
+        return problem
 
     def score(self, completion: str, row: dict[str, Any]) -> Score:
-        pred = extract_tagged_answer(completion)
-        if pred is None:
+        if self.require_tags and extract_tagged_answer(completion) is None:
             return Score(0.0, None, "", False)
-        return Score(float(pred == str(row["answer"]).strip()), pred, "", True)
+        pred = official_mcq_answer(completion)
+        return Score(float(pred == row["answer"]), pred, "", official_mcq_format(completion))
 
 
-# Linear-time patterns: `[^\S\n]` (whitespace but not newline) keeps a match on its line,
-# and the name is stripped in Python; `\s*...(.+?)\s*$` backtracked quadratically.
-_ACTION = re.compile(r"^[^\S\n]*Action[^\S\n]*:(.*)$", re.MULTILINE)
-_ACTION_INPUT = re.compile(r"Action\s+Input\s*:\s*")
-_MAX_DEPTH = 64  # of an Action Input; deeper values could hit the recursion limit in json.dumps
+# ------------------------------------------------------------------ SciKnowEval from the hub
+#: The system prompt of SDPO's ``data/format/sciknoweval.py`` (paper Listing 1).
+SCIKNOWEVAL_SYSTEM_PROMPT = """
+Given a question and four options, please select the right answer. Respond in the following format:
+<reasoning>
+...
+</reasoning>
+<answer>
+...
+</answer>
+
+For the answer, only output the letter corresponding to the correct option (A, B, C, or D), and nothing else. Do not restate the answer text. For example, if the answer is "A", just output:
+<answer>
+A
+</answer>
+"""
+#: Our domain names -> the hub's ``domain`` values.
+SCIKNOWEVAL_DOMAINS = {"biology": "Biology", "chemistry": "Chemistry", "material": "Material", "physics": "Physics"}
+
+
+class SciKnowEvalTask(MultipleChoiceTask):
+    """SciKnowEval L3 MCQ of one domain, from the hub, as SDPO's data scripts build it.
+
+    ``datasets.load_dataset(hub_id, split="test")``; keep the rows whose ``domain`` is the
+    domain, ``type`` one of ``types`` and ``details.level`` one of ``levels``, in hub order;
+    each becomes an SDPO row (``idx`` = its position among the kept rows; ``prompt`` =
+    ``question + "\\n\\n" + "A: ...\\nB: ..." + "\\nPlease reason step by step."``; ``system`` =
+    :data:`SCIKNOWEVAL_SYSTEM_PROMPT`; ``answer`` = ``answerKey``); then
+    ``train_test_split(test_size, seed)`` gives train and test (= validation). With the
+    defaults this reproduces the SDPO files row for row. Scoring as :class:`MultipleChoiceTask`.
+
+    Args:
+        domain: ``biology``, ``chemistry``, ``material`` or ``physics`` (any case).
+        hub_id: a hub dataset id, or a local folder laid out like it (``data/*test*.jsonl``).
+        revision: hub revision (commit) to pin; None: the default branch.
+        levels, types, test_size, seed: the paper's filter and split (paper-spec §1.9).
+        name: data source name (default ``sciknoweval/<domain>``).
+        require_tags: see :class:`MultipleChoiceTask`.
+    """
+
+    def __init__(self, domain: str, hub_id: str = "hicai-zju/SciKnowEval", revision: Optional[str] = None,
+                 levels: Sequence[str] = ("L3",), types: Sequence[str] = ("mcq-4-choices", "mcq-2-choices"),
+                 test_size: float = 0.1, seed: int = 42, name: Optional[str] = None,
+                 require_tags: bool = False) -> None:
+        if str(domain).lower() not in SCIKNOWEVAL_DOMAINS:
+            raise ValueError(f"domain: expected one of {sorted(SCIKNOWEVAL_DOMAINS)}, got {domain!r}")
+        key = domain.lower()
+        super().__init__(name or f"sciknoweval/{key}", test_file=hub_id, train_file=hub_id,
+                         require_tags=require_tags)
+        self.domain, self.hub_id, self.revision = SCIKNOWEVAL_DOMAINS[key], hub_id, revision
+        self.levels, self.types, self.test_size, self.seed = list(levels), list(types), test_size, seed
+        self._splits: Optional[dict[str, "datasets.Dataset"]] = None
+
+    def load(self, split: str) -> "datasets.Dataset":
+        """``split`` of the filtered rows (hub read once per task object).
+
+        Raises:
+            ValueError: (one line) the hub dataset cannot be loaded, lacks a column, a kept row
+                has a missing or mistyped field (named with its row index in the hub split),
+                or no row passes the filter.
+        """
+        _check_split(split)
+        if self._splits is None:
+            self._splits = self._build()
+        ds = self._splits["train" if split == "train" else "test"]
+        return _with_uids(ds, self.name, split, [{"idx": i} for i in ds["idx"]])
+
+    def _build(self) -> dict[str, "datasets.Dataset"]:
+        import datasets
+
+        try:
+            raw = datasets.load_dataset(self.hub_id, split="test", revision=self.revision)
+        except Exception as exc:
+            raise ValueError(f"task {self.name!r}: datasets.load_dataset({self.hub_id!r}, split='test') "
+                             f"failed: {_one_line(exc)}") from exc
+        rows = [self._sdpo_row(row, idx) for idx, row in enumerate(self._kept(raw))]
+        if not rows:
+            raise ValueError(f"task {self.name!r}: no row of {self.hub_id} has domain {self.domain!r}, "
+                             f"type in {self.types} and details.level in {self.levels}")
+        parts = datasets.Dataset.from_list(rows).train_test_split(test_size=self.test_size, seed=self.seed)
+        return {split: parts[split].flatten_indices() for split in ("train", "test")}
+
+    def _kept(self, raw: "datasets.Dataset") -> Iterable[dict[str, Any]]:
+        """The rows that pass the filter, each checked (:func:`check_sciknoweval_row`)."""
+        for field in ("domain", "type", "details", "question", "choices", "answerKey"):
+            if field not in raw.column_names:
+                raise ValueError(f"task {self.name!r}: {self.hub_id} has no column {field!r} (expected "
+                                 f"SciKnowEval's question, choices, answerKey, domain, type, details)")
+        for i, (domain, kind) in enumerate(zip(raw["domain"], raw["type"])):
+            if domain != self.domain or kind not in self.types:
+                continue
+            row = raw[i]
+            level = _level(row)
+            if level is not None and level not in self.levels:
+                continue
+            problem = check_sciknoweval_row(row)
+            if problem is not None:
+                raise ValueError(f"task {self.name!r}: {self.hub_id} row {i} (0-based, split 'test'): {problem}")
+            yield row
+
+    @staticmethod
+    def _sdpo_row(row: dict[str, Any], idx: int) -> dict[str, Any]:
+        """SDPO ``data/format/sciknoweval.py`` ``format``: the hub row as an SDPO row."""
+        choices = "\n".join(f"{label}: {text}" for label, text in zip(row["choices"]["label"], row["choices"]["text"]))
+        return {"idx": idx, "prompt": row["question"] + "\n\n" + choices + "\nPlease reason step by step.",
+                "system": SCIKNOWEVAL_SYSTEM_PROMPT, "answer": row["answerKey"], "kind": "mcq",
+                "dataset": "sciknoweval"}
+
+
+def _level(row: dict[str, Any]) -> Optional[str]:
+    details = row.get("details")
+    level = details.get("level") if isinstance(details, dict) else None
+    return level if isinstance(level, str) else None
+
+
+def check_sciknoweval_row(row: dict[str, Any]) -> Optional[str]:
+    """What is wrong with a hub SciKnowEval row of the wanted domain, type and level (None: usable)."""
+    if _level(row) is None:
+        return "field 'details.level' is missing or not a string (expected the level, e.g. 'L3')"
+    problem = _need_text(row, "question", "the question")
+    if problem:
+        return problem
+    choices = row.get("choices")
+    labels = choices.get("label") if isinstance(choices, dict) else None
+    texts = choices.get("text") if isinstance(choices, dict) else None
+    if not (isinstance(labels, list) and isinstance(texts, list) and labels and len(labels) == len(texts)
+            and all(isinstance(x, str) for x in labels + texts)):
+        return "field 'choices' must be {'label': [str, ...], 'text': [str, ...]} with equal, non-zero lengths"
+    if row.get("answerKey") not in labels:
+        return f"field 'answerKey' {row.get('answerKey')!r} is not one of the labels {labels}"
+    return None
+
+
+# ------------------------------------------------------------------ tool use (ToolAlpaca)
+_OFFICIAL_ACTION = re.compile(r"Action:\s*(\w+)")
+_JSON_ACTION = re.compile(r"Action:\s*(\S+)")
+_INPUT_HEAD = re.compile(r"Action Input:\s*")
+_MAX_DEPTH = 64  # of an Action Input; deeper values could hit the recursion limit in repr/json
+_PARSERS = ("official", "json")
+ToolParser = Literal["official", "json"]
 
 
 def _nesting(value: Any) -> int:
@@ -193,49 +405,115 @@ def _nesting(value: Any) -> int:
     return depth
 
 
-def parse_tool_calls(text: str) -> tuple[list[str], dict[str, Any], bool]:
-    """``(action names, merged inputs, all inputs parsed)`` from a ReAct-style completion.
+def _as_input(decode: Callable[[], Any]) -> Optional[dict[str, Any]]:
+    """The decoded JSON object, or None when it is not one (bad JSON, not an object, nested
+    deeper than 64 levels, an integer over CPython's 4300-digit limit). Never raises."""
+    try:
+        value = decode()
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return None
+    return value if isinstance(value, dict) and _nesting(value) <= _MAX_DEPTH else None
 
-    An ``Action Input:`` that is not a JSON object (bad JSON, nested deeper than 64 levels,
-    integers over CPython's 4300-digit limit) counts as unparsed; it never raises.
-    """
-    actions = [name for name in map(str.strip, _ACTION.findall(text)) if name]
-    merged: dict[str, Any] = {}
-    ok = True
-    decoder = json.JSONDecoder()
-    matches = list(_ACTION_INPUT.finditer(text))
-    for m, after in zip(matches, matches[1:] + [None]):
-        # decode within this input's own segment: a JSONDecodeError costs O(its offset) (it
-        # counts lines), which made many failing inputs in one long text quadratic
-        segment = text[m.end():after.start() if after else len(text)]
-        try:
-            value, _ = decoder.raw_decode(segment)
-        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
-            ok = False
-            continue
-        if isinstance(value, dict) and _nesting(value) <= _MAX_DEPTH:
+
+def official_input_blocks(text: str) -> Iterable[str]:
+    """SDPO ``tooluse.extract_action_inputs``' blocks, ``re.findall(r'Action Input:\\s*({.*?})',
+    text, re.DOTALL)``, found in linear time: after each ``Action Input:`` and whitespace, a
+    block starts at a ``{`` and ends at the FIRST ``}`` after it (so a nested object or a ``}``
+    inside a string cuts it short); the search goes on after that ``}``."""
+    pos = 0
+    while (m := _INPUT_HEAD.search(text, pos)) is not None:
+        pos = m.end()
+        if text.startswith("{", pos):
+            close = text.find("}", pos)
+            if close < 0:  # no "}" anywhere after: no later block can close either
+                return
+            yield text[pos:close + 1]
+            pos = close + 1
+
+
+def _official_inputs(text: str) -> tuple[dict[str, Any], int]:
+    merged, parsed = {}, 0
+    for block in official_input_blocks(text):
+        value = _as_input(lambda: json.loads(block))
+        if value is not None:  # the official code skips blocks json.loads rejects
             merged.update(value)
-        else:
-            ok = False
-    return actions, merged, ok
+            parsed += 1
+    return merged, parsed
 
 
-class ToolUseTask(_JsonLinesTask):
+def _json_inputs(text: str) -> tuple[dict[str, Any], int]:
+    merged, parsed = {}, 0
+    decoder = json.JSONDecoder()
+    heads = list(_INPUT_HEAD.finditer(text))
+    for m, after in zip(heads, heads[1:] + [None]):
+        # decode within this input's own segment: a JSONDecodeError costs O(its offset)
+        segment = text[m.end():after.start() if after else len(text)]
+        value = _as_input(lambda: decoder.raw_decode(segment)[0])
+        if value is not None:
+            merged.update(value)
+            parsed += 1
+    return merged, parsed
+
+
+def parse_tool_calls(text: str, parser: ToolParser = "official") -> tuple[list[str], dict[str, Any], bool]:
+    """``(action names, merged inputs, every Action Input gave a JSON object)``. Never raises.
+
+    ``parser="official"`` (SDPO ``tooluse.extract_actions`` / ``extract_action_inputs``): names
+    are ``re.findall(r'Action:\\s*(\\w+)')`` anywhere in the text (``\\s*`` may cross lines; a
+    name stops at the first non-word character); inputs are :func:`official_input_blocks`
+    decoded with ``json.loads`` and merged with ``dict.update`` in order (a block that does not
+    decode is skipped).
+
+    ``parser="json"`` (corrected): a name is the run of non-whitespace after ``Action:``
+    (``[Optional]updateUserProfile``, ``get-weather``); an input is one whole JSON value decoded
+    after each ``Action Input:`` (nested objects and ``}`` in strings work); objects are merged.
+    """
+    if parser not in _PARSERS:
+        raise ValueError(f"parser: expected one of {_PARSERS}, got {parser!r}")
+    names = (_OFFICIAL_ACTION if parser == "official" else _JSON_ACTION).findall(text)
+    inputs, parsed = (_official_inputs if parser == "official" else _json_inputs)(text)
+    return names, inputs, parsed == text.count("Action Input:")
+
+
+def official_tool_format(text: str) -> bool:
+    """SDPO ``tooluse.is_correct_format``, ``re.search(r"Action:.*?\\nAction Input:.*?", text,
+    re.DOTALL)``, in linear time: some ``Action:`` is followed, anywhere later, by a line that
+    starts with ``Action Input:``."""
+    first = text.find("Action:")
+    return first >= 0 and text.find("\nAction Input:", first + len("Action:")) >= 0
+
+
+class ToolUseTask(_FileTask):
     """ToolAlpaca-style tool calls (gold = a JSON list of ``{"Action", "Action_Input"}``).
 
+    Reward (SDPO ``tooluse.compute_score``): 1 iff the multiset of action names equals the
+    gold one **and** the merged input dict equals the merged gold inputs (Python ``==``: ``1``,
+    ``1.0`` and ``true`` are equal), both from :func:`parse_tool_calls`. ``pred`` is
+    ``f"Actions: {names}, Inputs: {inputs}"`` (Python reprs, in text order, never None);
+    ``format_ok`` is :func:`official_tool_format`; the feedback names the mismatch with the
+    expected calls, so it contains the gold answer: keep ``include_feedback`` off (pitfalls 14).
+
     Args:
+        test_file: JSON-lines (or ``.parquet``) test file (also the validation split).
+        train_file: training file (not shipped with the shared data).
         name: the data source name (default ``tooluse``).
-        test_file: JSON-lines test file (also the validation split).
-        train_file: JSON-lines training file (not shipped with the shared data).
+        parser: ``"official"`` (default, the papers' scores) or ``"json"``, the corrected
+            parser, for inputs with nested objects and names with non-word characters (2 of
+            the 68 test questions cannot score 1 under the official parser; docs/tasks.md).
     """
 
-    def __init__(self, test_file: str, train_file: Optional[str] = None, name: str = "tooluse") -> None:
+    def __init__(self, test_file: str, train_file: Optional[str] = None, name: str = "tooluse",
+                 parser: ToolParser = "official") -> None:
+        if parser not in _PARSERS:
+            raise ValueError(f"parser: expected one of {_PARSERS}, got {parser!r}")
         super().__init__(name, train_file, test_file)
+        self.parser = parser
 
     @staticmethod
     def gold(row: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         """``(action names, merged inputs)`` of ``row["answer"]``, a JSON list of
-        ``{"Action": name, "Action_Input": JSON object}``; ValueError saying why otherwise."""
+        ``{"Action": name, "Action_Input": JSON object}`` (SDPO merges the inputs in order,
+        skipping empty ones); ValueError saying why otherwise."""
         calls = row.get("answer")
         try:
             if isinstance(calls, str):
@@ -271,19 +549,12 @@ class ToolUseTask(_JsonLinesTask):
         return problem
 
     def score(self, completion: str, row: dict[str, Any]) -> Score:
-        actions, inputs, parsed = parse_tool_calls(completion)
-        if not actions:
-            return Score(0.0, None, "Your response did not contain an 'Action:' line.", False)
-        pred = f"Actions: {json.dumps(sorted(actions))}, Inputs: {json.dumps(inputs, sort_keys=True)}"
+        actions, inputs, _ = parse_tool_calls(completion, self.parser)
         gold_actions, gold_inputs = self.gold(row)
-        same_actions = Counter(actions) == Counter(gold_actions)
-        same_inputs = inputs == gold_inputs
-        if same_actions and same_inputs:
-            return Score(1.0, pred, "", parsed)
+        pred = f"Actions: {actions!r}, Inputs: {inputs!r}"
         why = []
-        if not same_actions:
-            why.append(f"expected actions {sorted(gold_actions)}, got {sorted(actions)}")
-        if not same_inputs:
-            why.append(f"expected inputs {json.dumps(gold_inputs, sort_keys=True)}, got "
-                       f"{json.dumps(inputs, sort_keys=True)}")
-        return Score(0.0, pred, "; ".join(why), parsed)
+        if Counter(actions) != Counter(gold_actions):
+            why.append(f"Actions mismatch: predicted {actions!r}, expected {gold_actions!r}")
+        if inputs != gold_inputs:
+            why.append(f"Action inputs mismatch: predicted {inputs!r}, expected {gold_inputs!r}")
+        return Score(0.0 if why else 1.0, pred, "; ".join(why), official_tool_format(completion))
