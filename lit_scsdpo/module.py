@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -39,6 +39,9 @@ from .teacher import RepromptTemplates, SelfTeacher, TeacherMode, build_reprompt
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16")
+#: ``logits_chunk_size: auto`` chunks at this size when the vocabulary has at least AUTO_CHUNK_VOCAB entries
+AUTO_CHUNK, AUTO_CHUNK_VOCAB = 512, 32768
+ChunkSize = Union[int, Literal["auto"], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,6 +75,18 @@ def check_logits_are_head(model: torch.nn.Module) -> None:
     if not torch.allclose(full, head, rtol=1e-3, atol=1e-3 * max(1.0, full.abs().max().item())):
         raise ValueError(f"model.logits_chunk_size: {type(model).__name__}'s logits are not lm_head(hidden state) "
                          f"(e.g. logit soft-capping or scaling); set logits_chunk_size: null for this model")
+
+
+def _auto_chunk_size(model: torch.nn.Module) -> Optional[int]:
+    """``logits_chunk_size: auto``: chunk large vocabularies when the logits are ``lm_head(h)``."""
+    if model.get_output_embeddings().weight.shape[0] < AUTO_CHUNK_VOCAB:
+        return None
+    try:
+        check_logits_are_head(model)
+    except ValueError as exc:
+        log.info("model.logits_chunk_size auto: off (%s)", exc)
+        return None
+    return AUTO_CHUNK
 
 
 @dataclass
@@ -179,6 +194,8 @@ class PolicyOptimization(pl.LightningModule):
         logits_chunk_size: compute the LM head, log-softmax and the distillation loss over
             chunks of this many response positions (recomputed in backward), so no ``[T, V]``
             logit matrix is materialised (long responses × large vocabularies). None: off.
+            ``auto`` (default): 512 when the vocabulary has ≥ 32,768 entries (SmolLM2 49,152,
+            Qwen3 151,936) and the model's logits are ``lm_head(h)``, else off.
         rollout_correction: truncated importance sampling against the sampler's log-probs
             (:class:`RolloutCorrection`; on by default when the engine is vLLM).
         max_nonfinite_steps: stop the run (after saving the last good state) when this many
@@ -201,7 +218,7 @@ class PolicyOptimization(pl.LightningModule):
         loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
-        logits_chunk_size: Optional[int] = None,
+        logits_chunk_size: ChunkSize = "auto",
         max_nonfinite_steps: int = 3,
         rollout_correction: RolloutCorrection = RolloutCorrection(),
     ) -> None:
@@ -211,8 +228,8 @@ class PolicyOptimization(pl.LightningModule):
             raise ValueError(f"model.loss_agg_mode must be one of {L.AGGREGATION_MODES}, got {loss_agg_mode!r}")
         if torch_dtype not in DTYPES:
             raise ValueError(f"model.torch_dtype must be one of {DTYPES}, got {torch_dtype!r}")
-        if logits_chunk_size is not None and logits_chunk_size < 1:
-            raise ValueError(f"model.logits_chunk_size must be >= 1 or null, got {logits_chunk_size}")
+        if logits_chunk_size not in (None, "auto") and (not isinstance(logits_chunk_size, int) or logits_chunk_size < 1):
+            raise ValueError(f"model.logits_chunk_size must be >= 1, auto or null, got {logits_chunk_size!r}")
         if max_nonfinite_steps < 1:
             raise ValueError(f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         _check_optim(optim)
@@ -227,9 +244,11 @@ class PolicyOptimization(pl.LightningModule):
         self.tokenizer, self.policy = load_policy(model_name_or_path, torch_dtype)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
-        if logits_chunk_size is not None:
+        if logits_chunk_size == "auto":
+            logits_chunk_size = _auto_chunk_size(self.policy)
+        elif logits_chunk_size is not None:
             check_logits_are_head(self.policy)
-        self.logits_chunk_size = logits_chunk_size
+        self.logits_chunk_size: Optional[int] = logits_chunk_size
         self.max_nonfinite_steps = max_nonfinite_steps
         self._step_time: dict[str, float] = {}
         self._counters = {"nonfinite_loss": 0, "nonfinite_grad": 0, "skipped_steps": 0}
@@ -528,7 +547,7 @@ class GRPO(PolicyOptimization):
         loss_agg_mode: L.AggregationMode = "token-mean",
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
-        logits_chunk_size: Optional[int] = None,
+        logits_chunk_size: ChunkSize = "auto",
         max_nonfinite_steps: int = 3,
         rollout_correction: RolloutCorrection = RolloutCorrection(),
     ) -> None:
@@ -617,12 +636,15 @@ class SDPO(PolicyOptimization):
         loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
         torch_dtype: str = "float32",
         gradient_checkpointing: bool = False,
-        logits_chunk_size: Optional[int] = None,
+        logits_chunk_size: ChunkSize = "auto",
         max_nonfinite_steps: int = 3,
         rollout_correction: RolloutCorrection = RolloutCorrection(),
     ) -> None:
         # every argument is checked before the weights load
-        if logits_chunk_size is not None and (teacher_mode == "trust_region" or not full_logit_distillation):
+        unchunkable = teacher_mode == "trust_region" or not full_logit_distillation
+        if logits_chunk_size == "auto" and unchunkable:
+            logits_chunk_size = None
+        if logits_chunk_size is not None and unchunkable:
             raise ValueError("model.logits_chunk_size supports full-logit distillation with an ema, frozen or "
                              "live teacher (not trust_region, not the token-level estimator)")
         if not 0 <= alpha <= 1:

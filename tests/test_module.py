@@ -256,3 +256,24 @@ def test_rollout_correction_weights_each_token_by_the_truncated_sampler_ratio(ti
     assert not torch.allclose(on, off)
     on.backward()
     assert all(torch.isfinite(p.grad).all() for p in modes["auto"].policy.parameters() if p.grad is not None)
+
+
+def test_logits_are_chunked_by_default_for_large_vocabularies(tmp_path, tiny_model_path):
+    """``logits_chunk_size: auto``: no [T, V] logits when V >= 32,768 (a 135M model held 16.5 GB
+    with full logits); small vocabularies and unchunkable settings stay unchunked."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from lit_scsdpo.module import AUTO_CHUNK
+
+    cfg = Qwen3Config(vocab_size=40000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
+    Qwen3ForCausalLM(cfg).save_pretrained(tmp_path / "big")
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(tmp_path / "big")
+    assert SDPO(str(tmp_path / "big")).logits_chunk_size == AUTO_CHUNK
+    assert GRPO(str(tmp_path / "big")).logits_chunk_size == AUTO_CHUNK
+    assert SDPO(str(tmp_path / "big"), teacher_mode="trust_region").logits_chunk_size is None
+    assert SDPO(str(tmp_path / "big"), logits_chunk_size=None).logits_chunk_size is None
+    assert SDPO(str(tmp_path / "big"), logits_chunk_size=64).logits_chunk_size == 64
+    assert SDPO(tiny_model_path).logits_chunk_size is None  # vocabulary 384
+    with pytest.raises(ValueError, match="logits_chunk_size must be >= 1, auto or null"):
+        SDPO(tiny_model_path, logits_chunk_size="big")
