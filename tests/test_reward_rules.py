@@ -214,4 +214,5 @@ def test_long_outputs_score_in_bounded_time(text):
     start = time.perf_counter()
     for task in (MCQ, TOOL, FIXED):
         task.score(text, {"answer": CALLS if isinstance(task, ToolUseTask) else "B"})
-    assert time.perf_counter() - start < 1.0
+    # measured <= 0.06 s; a quadratic scan of 100k characters takes minutes (slack for a loaded machine)
+    assert time.perf_counter() - start < 5.0
