@@ -159,9 +159,11 @@ def test_100k_character_expression(quick):
     assert len(completion) > 100_000
     score, seconds = timed(quick.score, completion, row("1"))  # over max_answer_chars: not parsed
     assert seconds < SLACK and score.reward == 0.0 and score.format_ok and "too long" in score.feedback
-    uncapped = MathTask("unused.jsonl", timeout=LIMIT, max_answer_chars=None)
-    score, seconds = timed(uncapped.score, completion, row("1"))  # parsed: the time limit holds
-    assert seconds < LIMIT + SLACK and score.reward == 0.0 and score.format_ok
+    # parsed: a signal cannot interrupt a long call inside C (measured 66 s under CI load with the
+    # in-process deadline), so the hard bound is the worker process, killed after timeout + 1 s
+    uncapped = MathTask("unused.jsonl", timeout=LIMIT, max_answer_chars=None, isolation="process")
+    score, seconds = timed(uncapped.score, completion, row("1"))
+    assert seconds < LIMIT + 1 + SLACK and score.reward == 0.0 and score.format_ok
 
 
 def test_outer_timer_is_preserved_not_cancelled(quick):
