@@ -294,3 +294,21 @@ def test_worked_solutions_are_correct_step_by_step():
             assert int(steps[-1][1]) == value
     with pytest.raises(ValueError, match="not an expression"):
         worked_solution("2**3")
+
+
+@pytest.mark.parametrize("completion, reward, pred", [
+    ("12 + 7 = 19", 1.0, "19"),
+    ("The answer is 19.", 1.0, "19"),
+    ("19 or maybe 18", 0.0, "18"),
+    ("<answer>19</answer>", 1.0, "19"),
+    ("no digits here", 0.0, None),
+])
+def test_arithmetic_last_number_format(completion, reward, pred):
+    from lit_scsdpo.tasks import ArithmeticTask
+
+    task = ArithmeticTask(levels=[1], train_size=4, val_size=0, test_size=0, answer_format="last_number")
+    score = task.score(completion, {"answer": "19"})
+    assert (score.reward, score.pred) == (reward, pred)
+    assert task.score("3 - 5 = -2", {"answer": "-2"}).reward == 1.0
+    with pytest.raises(ValueError, match="answer_format"):
+        ArithmeticTask(answer_format="boxed")
