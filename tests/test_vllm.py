@@ -20,15 +20,41 @@ MODEL = resolve_model_path("asset:tiny-qwen3")
 QUESTIONS = ["What is 2+3?", "What is 17+25?", "What is 9-4?", "What is 63+18?"]
 
 
+def _draws():
+    import random
+
+    import numpy as np
+
+    return torch.rand(3), np.random.rand(2), random.random()
+
+
+def _seed(value: int) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(value), np.random.seed(value), random.seed(value)
+
+
+def _same(a, b) -> bool:
+    return torch.equal(a[0], b[0]) and bool((a[1] == b[1]).all()) and a[2] == b[2]
+
+
 @pytest.fixture(scope="module")
 def setup():
+    """One engine for the whole file: vLLM keeps its parallel state process-wide, and a second
+    engine's teardown would destroy the first one's (one VLLMEngine per process)."""
     torch.set_num_threads(1)
     model = SDPO(MODEL, optim=OptimConfig(lr=1e-3, warmup_steps=0))
     prompts = [render_prompt(model.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
     long = render_prompt(model.tokenizer, [{"role": "user", "content": "Add these. " * 20 + "What is 1+1?"}])
     assert len(long) > 128  # vLLM's CPU KV block is 128 tokens: a stale prefix cache shows only past it
-    engine = VLLMEngine()
+    _seed(11)
+    expected = _draws()
+    _seed(11)
+    engine = VLLMEngine()  # vLLM's start-up reseeds the global RNGs; the engine restores them
     engine.update_weights(model.policy)
+    engine.start_left_rng_alone = _same(_draws(), expected)
     return model, engine, prompts + [long]
 
 
@@ -60,25 +86,14 @@ def test_sampler_logprobs_match_the_trainer(setup):
 
 
 def test_seeded_draws_repeat_and_leave_the_global_rng_alone(setup):
-    import random
-
-    import numpy as np
-
     model, engine, prompts = setup
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=12)
-
-    def draws():
-        return torch.rand(3), np.random.rand(2), random.random()
-
-    torch.manual_seed(11), np.random.seed(11), random.seed(11)
-    expected = draws()
-    torch.manual_seed(11), np.random.seed(11), random.seed(11)
-    fresh = VLLMEngine()  # vLLM's start-up reseeds the global RNGs; the engine restores them
-    fresh.update_weights(model.policy)
+    assert engine.start_left_rng_alone  # torch, numpy and Python streams as before the start-up
+    _seed(11)
+    expected = _draws()
+    _seed(11)
     a = engine.generate(prompts, 4, sampling, seed=5)
-    got = draws()  # the trainer's RNG streams are untouched
-    assert torch.equal(got[0], expected[0]) and (got[1] == expected[1]).all() and got[2] == expected[2]
-    assert fresh.generate(prompts, 4, sampling, seed=5).response_ids == a.response_ids  # the same in any engine
+    assert _same(_draws(), expected)  # the trainer's RNG streams are untouched by a draw
     b = engine.generate(prompts, 4, sampling, seed=5)
     c = engine.generate(prompts, 4, sampling, seed=6)
     assert a.response_ids == b.response_ids and a.logprobs == b.logprobs
