@@ -297,8 +297,8 @@ class PolicyOptimization(pl.LightningModule):
             return None, {}
         old = self.old_logp(batch, student)
         sampler = batch.sampler_logprobs.to(old)
-        weights = L.importance_ratio(old, sampler, c.cap)
-        raw = (old.detach().float() - sampler.float()).clamp(-20, 20).exp()
+        raw = L.importance_ratio(old, sampler, clip=float("inf"))  # untruncated, for the diagnostics
+        weights = raw.clamp(max=c.cap)
         m = batch.response_mask.to(old)
         tokens = m > 0
         return weights, {"rollout_is_mean": _masked_mean(weights, m),
