@@ -223,7 +223,20 @@ def main(args: list[str] | None = None) -> None:
         from .checkpoints import main as checkpoints_main
 
         return checkpoints_main(argv)
-    run(args)
+    try:
+        run(args)
+    finally:
+        _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left to static destructors,
+    gloo's worker threads occasionally abort the process after a successful DDP run
+    ("terminate called without an active exception", exit -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ def main() -> None:
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                          callbacks=callbacks)
     trainer.fit(model, dm, ckpt_path=args.resume)
+    if torch.distributed.is_initialized():  # gloo's threads can abort an exit left to static destructors
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
