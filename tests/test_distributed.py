@@ -42,7 +42,7 @@ def _worker(rank, world, port, path, q):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     questions = [0, 1] if rank == 0 else [2, 3]
     loss, grads = sc_sdpo_grads(path, questions, reduce=L.distributed_reduce())
-    q.put((rank, loss, grads))
+    q.put((rank, loss, grads.numpy()))  # by value: a tensor's shared memory dies with this process
     dist.barrier()
     dist.destroy_process_group()
 
@@ -58,7 +58,7 @@ def test_two_ranks_equal_one_process(tiny_model_path):
     procs = [ctx.Process(target=_worker, args=(r, 2, port, tiny_model_path, q)) for r in range(2)]
     for p in procs:
         p.start()
-    out = {rank: (loss, grads) for rank, loss, grads in (q.get(timeout=180) for _ in procs)}
+    out = {rank: (loss, torch.from_numpy(grads)) for rank, loss, grads in (q.get(timeout=180) for _ in procs)}
     for p in procs:
         p.join(timeout=60)
     assert out[0][1].abs().sum() > 0

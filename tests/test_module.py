@@ -44,9 +44,9 @@ class EchoLM(torch.nn.Module):
         self.vocab = vocab
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, logits_to_keep=0):
         logits = 10.0 * torch.nn.functional.one_hot(input_ids, self.vocab).float() + self.dummy
-        return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +64,23 @@ def test_token_alignment_student_and_teacher(tiny_model_path):
     sd.teacher.weights = EchoLM(V)
     inputs, active, _ = sd.teacher_inputs(batch)
     assert active.tolist() == [True, True, True, True]
-    P = inputs["prompt_width"]
-    assert torch.equal(inputs["input_ids"][:, P:], batch.response_ids)  # same ids, not re-tokenised
+    P = inputs.prompt_width
+    assert torch.equal(inputs.input_ids[:, P:], batch.response_ids)  # same ids, not re-tokenised
     t_logits = sd.teacher_logits(batch, inputs)
     student = sd.student_forward(batch)
     for k in range(4):
         L_k = int(batch.response_mask[k].sum())
         resp = batch.response_ids[k, :L_k].tolist()
         # logits for response token t are read at the position holding token t-1
-        t_prev = [int(inputs["input_ids"][k, P - 1])] + resp[:-1]
+        t_prev = [int(inputs.input_ids[k, P - 1])] + resp[:-1]
         s_prev = [int(batch.input_ids[k, batch.prompt_width - 1])] + resp[:-1]
         assert t_logits[k, :L_k].argmax(-1).tolist() == t_prev
         assert student.logits[k, :L_k].argmax(-1).tolist() == s_prev
     # the last prompt token is the end of the assistant header on both sides
     header_end = render_prompt(tok, [{"role": "user", "content": "x"}])[-1]
-    assert int(inputs["input_ids"][0, P - 1]) == header_end == int(batch.input_ids[0, batch.prompt_width - 1])
+    assert int(inputs.input_ids[0, P - 1]) == header_end == int(batch.input_ids[0, batch.prompt_width - 1])
     # the teacher prompt holds the demonstration of the first other success
-    text = tok.decode(inputs["input_ids"][1, :P], skip_special_tokens=True)
+    text = tok.decode(inputs.input_ids[1, :P], skip_special_tokens=True)
     assert "Correct solution:" in text and r.responses[0] in text
 
 
@@ -227,7 +227,7 @@ def test_rollout_correction_weights_each_token_by_the_truncated_sampler_ratio(ti
     on for rollouts from a separate sampler (vLLM) only; the weight is pinned against a
     hand computation from the trainer's own log-probs."""
     from lit_scsdpo import GRPO, SDPO, RolloutCorrection
-    from lit_scsdpo.module import _response_logits
+    from lit_scsdpo.forward import response_logits
 
     torch.manual_seed(0)
     cls, kw = (GRPO, {}) if algo == "grpo" else (SDPO, {"topk": 10})
@@ -236,8 +236,8 @@ def test_rollout_correction_weights_each_token_by_the_truncated_sampler_ratio(ti
     r = make_rollouts(modes["auto"].tokenizer, [1, 0, 1, 0, 1, 1, 0, 0])
     batch = batch_of(r, pad=modes["auto"].tokenizer.pad_token_id)
     with torch.no_grad():
-        logits = _response_logits(modes["auto"].policy, batch, batch.input_ids, batch.attention_mask,
-                                  batch.position_ids, batch.prompt_width).float()
+        logits = response_logits(modes["auto"].policy, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                 batch.prompt_width, batch.response_ids.shape[1]).float()
         trainer_logp = torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
     # the sampler thinks some tokens are 3x less likely (ratio 3 -> truncated to 2), others 1.5x more likely
     shift = torch.where(torch.arange(batch.response_ids.shape[1]) % 2 == 0, -math.log(3.0), math.log(1.5))

@@ -264,3 +264,26 @@ def test_recipe_runs_one_step_with_the_tiny_model(tmp_path):
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 1
     assert any(k.startswith("teacher.weights.") for k in state["state_dict"])
+
+
+SMOLLM2 = ROOT / "configs" / "smollm2" / "base.yaml"
+
+
+@pytest.mark.parametrize("algo", ["grpo", "sdpo", "scsdpo"])
+def test_smollm2_recipe_composes_with_the_paper_algo_files(algo):
+    """configs/smollm2/base.yaml (the real-model CPU run of docs/results.md) with each paper
+    algo file: the algorithm settings are the paper's, the rest is the CPU setting."""
+    cfg = parse_in_process([str(SMOLLM2), str(PAPER / "algo" / f"{algo}.yaml")])
+    cls, _, _, weighted = ALGOS[algo]
+    a, d, tr = cfg["model"]["init_args"], cfg["data"], cfg["trainer"]
+    assert cfg["model"]["class_path"] == cls
+    assert a["model_name_or_path"] == "~/.cache/lit_scsdpo/smollm2-135m-instruct"  # scripts/get_smollm2.py
+    assert (tr["accelerator"], tr["default_root_dir"], tr["logger"]["init_args"]["save_dir"]) == \
+        ("cpu", "lightning_logs/smollm2", algo)
+    assert (a["torch_dtype"], a["logits_chunk_size"], a["optim"]["lr"]) == ("float32", "auto", 2e-5)
+    assert d["engine"] is None  # the default: HFGenerateEngine
+    assert d["task"]["init_args"]["answer_format"] == "last_number"
+    assert (d["questions_per_step"], d["rollouts_per_question"]) == (4, 8)
+    assert [c["class_path"] for c in tr["callbacks"]] == BASE_CALLBACKS + ([DIFFICULTY] if weighted else [])
+    if cls == "lit_scsdpo.SDPO":
+        assert (a["alpha"], a["teacher_rate"], a["max_teacher_prompt_tokens"]) == (0.5, 0.05, 10240)

@@ -162,13 +162,18 @@ class _LinearLM(torch.nn.Module):
 
 
 def test_trust_region_teacher_is_logit_lerp():  # paper Eq. 6
+    from lit_scsdpo.forward import PackedRows
+
     policy = _LinearLM()
     teacher = SelfTeacher(policy, mode="trust_region", rate=0.3)
-    ref_logits = policy(torch.tensor([[1, 2]])).logits.detach().clone()
+    rows = PackedRows.build([[1]], torch.tensor([[2, 3]]), torch.ones(1, 2, dtype=torch.long), pad_id=0)
+    ids = torch.tensor([[1, 2, 3]])  # positions 0 and 1 predict the two response tokens
+    ref_logits = policy(ids).logits[:, :2].detach().clone()
     with torch.no_grad():
         policy.emb.weight.add_(torch.randn_like(policy.emb.weight))
-    cur_logits = policy(torch.tensor([[1, 2]])).logits.detach()
-    got = teacher.logits(input_ids=torch.tensor([[1, 2]]))
+    cur_logits = policy(ids).logits[:, :2].detach()
+    got = teacher.response_logits(rows)
     assert torch.allclose(got, 0.7 * ref_logits + 0.3 * cur_logits, atol=1e-6)
     live = SelfTeacher(policy, mode="live")
-    assert torch.allclose(live.logits(input_ids=torch.tensor([[1, 2]])), cur_logits)
+    assert torch.allclose(live.response_logits(rows), cur_logits)
+    assert not teacher.can_share_prefix()  # not a transformers LM: the packed path

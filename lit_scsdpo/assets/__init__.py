@@ -7,6 +7,7 @@ like any local path.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ASSET_PREFIX = "asset:"
@@ -14,7 +15,10 @@ ASSET_DIR = Path(__file__).resolve().parent
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Turn ``asset:<name>`` into the shipped folder; return other paths/hub ids unchanged."""
+    """Turn ``asset:<name>`` into the shipped folder and ``~/...`` into the home folder's path
+    (configs name the converted SmolLM2 as ``~/.cache/...``); return other paths/hub ids unchanged."""
+    if name_or_path.startswith("~"):
+        return os.path.expanduser(name_or_path)
     if not name_or_path.startswith(ASSET_PREFIX):
         return name_or_path
     name = name_or_path[len(ASSET_PREFIX):]
