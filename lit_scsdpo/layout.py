@@ -39,22 +39,3 @@ def pack_prompt_response(
     input_ids = torch.cat([prompt_ids, response_ids.cpu().long()], dim=1)
     attention = torch.cat([prompt_mask, response_mask.cpu().long()], dim=1)
     return input_ids, attention, position_ids(attention), prompt_ids.shape[1]
-
-
-def final_hidden_states(model: torch.nn.Module, **inputs) -> Tensor:
-    """The final hidden states ``[n, L, H]`` (what the LM head reads) of a causal LM.
-
-    Taken from the model's own forward (logits for one position only), not by calling its
-    ``base_model`` directly: a sharded (FSDP2) or wrapped model gathers its parameters only
-    in its forward."""
-    captured: list[Tensor] = []
-
-    def keep(module, args, output) -> None:
-        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
-
-    handle = model.base_model.register_forward_hook(keep)
-    try:
-        model(**inputs, use_cache=False, logits_to_keep=1)
-    finally:
-        handle.remove()
-    return captured[-1]
