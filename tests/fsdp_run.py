@@ -152,7 +152,7 @@ def main() -> None:
     if args.ckpt_dir:
         callbacks.append(RunCheckpoint(dirpath=args.ckpt_dir, every_n_epochs=100))
     strategy = sharding.FSDP2Strategy() if args.strategy == "fsdp2" else args.strategy
-    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, precision=args.precision,
+    trainer = pl.Trainer(log_every_n_steps=1, accelerator="cpu", devices=args.devices, strategy=strategy, precision=args.precision,
                          max_epochs=args.steps, reload_dataloaders_every_n_epochs=1, logger=False,
                          enable_checkpointing=bool(args.ckpt_dir), enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,

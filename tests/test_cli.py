@@ -30,6 +30,7 @@ def small_overrides(model_path, log_dir):
         "--trainer.logger.init_args.save_dir", str(log_dir),
         "--trainer.max_epochs", "3",
         "--trainer.check_val_every_n_epoch", "2",
+        "--trainer.log_every_n_steps", "1",  # every scalar every step (configs/tiny: every 5)
         "--data.task", "tests.toy.DigitTask",
         "--data.task.init_args.train_size", "64",
         "--data.task.init_args.val_size", "6",

@@ -43,7 +43,7 @@ def run_cli(*args):
 def fit(model, root, epochs, ckpt_path=None, callbacks=()):
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
                            rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=root, limit_val_batches=0,
                          reload_dataloaders_every_n_epochs=1, callbacks=list(callbacks))
     trainer.fit(model, dm, ckpt_path=ckpt_path)

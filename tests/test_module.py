@@ -277,3 +277,43 @@ def test_logits_are_chunked_by_default_for_large_vocabularies(tmp_path, tiny_mod
     assert SDPO(tiny_model_path).logits_chunk_size is None  # vocabulary 384
     with pytest.raises(ValueError, match="logits_chunk_size must be >= 1, auto or null"):
         SDPO(tiny_model_path, logits_chunk_size="big")
+
+
+def test_full_scalar_set_only_on_the_steps_the_logger_writes(tiny_model_path, tmp_path):
+    """``trainer.log_every_n_steps = 3``: loss and reward reach the progress bar at every one
+    of 6 steps; the full set (grad norm, phase times, ...) is logged, and written, at steps 3
+    and 6 only: ``self.log`` costs time whether or not the logger writes."""
+    import lightning.pytorch as pl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lit_scsdpo import RolloutDataModule
+    from lit_scsdpo.rollout import SamplingConfig
+
+    from .toy import DigitTask
+
+    class Seen(pl.Callback):
+        def __init__(self):
+            self.keys = []
+
+        def on_train_epoch_end(self, trainer, module):
+            self.keys.append(set(trainer.progress_bar_metrics) | {k for k in trainer.callback_metrics
+                                                                   if k == "train/grad_norm"})
+            trainer.callback_metrics.clear()  # what the next step logs, only
+
+    torch.manual_seed(0)
+    dm = RolloutDataModule(DigitTask(train_size=32, val_size=4, test_size=4), questions_per_step=4,
+                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8))
+    seen = Seen()
+    trainer = pl.Trainer(log_every_n_steps=3, max_epochs=6, reload_dataloaders_every_n_epochs=1,
+                         logger=pl.loggers.TensorBoardLogger(tmp_path, name="run"), callbacks=[seen],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0)
+    trainer.fit(SDPO(tiny_model_path, topk=10), dm)
+    assert all({"train/loss", "rollout/reward_mean"} <= keys for keys in seen.keys) and len(seen.keys) == 6
+    assert ["train/grad_norm" in keys for keys in seen.keys] == [False, False, True, False, False, True]
+    [events] = (tmp_path / "run").rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    steps = {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    for tag in ("train/loss", "train/grad_norm", "time/generate", "time/teacher", "rollout/frac_mixed"):
+        assert steps[tag] == [3, 6], tag

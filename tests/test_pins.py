@@ -413,7 +413,7 @@ def test_ema_teacher_updates_after_each_optimizer_step(tiny_model_path, tmp_path
                            rollouts_per_question=4, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 6),
                            val_samples=2)
     rec = _Recorder()
-    trainer = pl.Trainer(max_epochs=2, reload_dataloaders_every_n_epochs=1, logger=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=2, reload_dataloaders_every_n_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path, limit_val_batches=0, callbacks=[rec.callback()])
     trainer.fit(model, dm)

@@ -19,7 +19,7 @@ MODEL = resolve_model_path("asset:tiny-qwen3")
 def fit(model, precision="32-true", epochs=1, callbacks=()):
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=2, test_size=2), questions_per_step=2,
                            rollouts_per_question=4, micro_batch_questions=1, sampling=SamplingConfig(1.0, 1.0, 6))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_epochs=epochs,
+    trainer = pl.Trainer(log_every_n_steps=1, accelerator="cpu", devices=1, precision=precision, max_epochs=epochs,
                          reload_dataloaders_every_n_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          num_sanity_val_steps=0, callbacks=list(callbacks))
@@ -61,7 +61,7 @@ def test_fsdp1_strategy_is_refused_with_the_fsdp2_flag():
 
 
 def test_fsdp2_is_a_trainer_strategy_flag():
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="fsdp2", logger=False)
+    trainer = pl.Trainer(log_every_n_steps=1, accelerator="cpu", devices=2, strategy="fsdp2", logger=False)
     assert isinstance(trainer.strategy, sharding.FSDP2Strategy)
     assert trainer.strategy._tensor_parallel_size == 1
 

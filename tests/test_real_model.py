@@ -56,7 +56,7 @@ def test_smollm2_trains_two_sdpo_steps_on_cpu(smollm2):
                            rollouts_per_question=4, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 16),
                            max_prompt_tokens=256)
     record = _Record()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, reload_dataloaders_every_n_epochs=1, logger=False,
+    trainer = pl.Trainer(log_every_n_steps=1, accelerator="cpu", max_epochs=2, reload_dataloaders_every_n_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0, callbacks=[record])
     trainer.fit(model, dm)

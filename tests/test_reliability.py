@@ -54,7 +54,7 @@ def fit(tmp, model_path, epochs, task=None, ckpt=None, every=2, updates=1):
                            rollouts_per_question=4, updates_per_batch=updates, micro_batch_questions=2,
                            sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
     rec = Recorder()
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp, check_val_every_n_epoch=3, num_sanity_val_steps=-1,
                          callbacks=[rec, DifficultyWeighting(), RunCheckpoint(dirpath=str(tmp / "ck"),
                                                                               every_n_epochs=every)])
@@ -121,11 +121,11 @@ def test_plain_trainer_gets_fresh_rollouts_every_epoch(tiny_model_path, tmp_path
         def on_train_epoch_end(self, trainer, pl_module):
             seen.append(id(trainer.datamodule.current))
 
-    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[Seen()])
     trainer.fit(model, dm)
     assert len(set(seen)) == 3 and dm._draws == 3
-    bad = pl.Trainer(max_epochs=1, reload_dataloaders_every_n_epochs=2, logger=False, enable_checkpointing=False,
+    bad = pl.Trainer(log_every_n_steps=1, max_epochs=1, reload_dataloaders_every_n_epochs=2, logger=False, enable_checkpointing=False,
                      limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs must be 1"):
         bad.fit(GRPO(tiny_model_path), RolloutDataModule(DigitTask(train_size=8, val_size=2, test_size=2),
@@ -136,7 +136,7 @@ def test_plain_trainer_gets_fresh_rollouts_every_epoch(tiny_model_path, tmp_path
 def test_one_rollout_per_question_is_refused(tiny_model_path, tmp_path, cls):
     dm = RolloutDataModule(DigitTask(train_size=8, val_size=2, test_size=2), questions_per_step=4,
                            rollouts_per_question=1)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
     with pytest.raises(ValueError, match="data.rollouts_per_question must be >= 2"):
         trainer.fit(cls(tiny_model_path), dm)
@@ -157,7 +157,7 @@ def test_step_with_nothing_to_learn_is_skipped(tiny_model_path, tmp_path):
     teacher_before = [p.detach().clone() for p in model.teacher.weights.parameters()]
     dm = RolloutDataModule(ZeroTask(train_size=16, val_size=2, test_size=2), questions_per_step=4,
                            rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 6))
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[DifficultyWeighting()])
     trainer.fit(model, dm)
     assert trainer.global_step == 0 and model._counters["skipped_steps"] == 2
@@ -186,7 +186,7 @@ def test_ema_once_per_rollout_batch_and_offpolicy_old_logprobs(tiny_model_path, 
     dm = RolloutDataModule(DigitTask(train_size=32, val_size=2, test_size=2), questions_per_step=4,
                            rollouts_per_question=4, updates_per_batch=2, micro_batch_questions=2,
                            sampling=SamplingConfig(1.0, 1.0, 8))
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
     trainer.fit(model, dm)
     assert trainer.global_step == 4 and updates == [2, 4]
@@ -306,7 +306,7 @@ pl.seed_everything(0)
 model = NaNOnRank1({model!r}, optim=OptimConfig(lr=1e-3, warmup_steps=0))
 dm = RolloutDataModule(DigitTask(train_size=32, val_size=2, test_size=2), questions_per_step=4,
                        rollouts_per_question=4, micro_batch_questions=1, sampling=SamplingConfig(1.0, 1.0, 6))
-trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
+trainer = pl.Trainer(log_every_n_steps=1, accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                      limit_val_batches=0)
 trainer.fit(model, dm)
@@ -351,7 +351,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_after_saving(tiny_model_path, 
     model = NaNFromStep3(tiny_model_path, max_nonfinite_steps=2, optim=OptimConfig(lr=1e-3, warmup_steps=0))
     dm = RolloutDataModule(DigitTask(train_size=32, val_size=2, test_size=2), questions_per_step=4,
                            rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 6))
-    trainer = pl.Trainer(max_epochs=10, logger=False, enable_progress_bar=False, enable_model_summary=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=10, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, callbacks=[RunCheckpoint(dirpath=str(tmp_path), every_n_epochs=100)])
     with pytest.raises(TrainingDiverged, match="model.max_nonfinite_steps=2"):
         trainer.fit(model, dm)

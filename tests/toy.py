@@ -37,7 +37,7 @@ def fit_briefly(model, tmp_path, epochs: int, train_size: int = 16):
 
     dm = RolloutDataModule(DigitTask(train_size=train_size, val_size=4, test_size=4), questions_per_step=4,
                            rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
-    trainer = pl.Trainer(max_epochs=epochs, reload_dataloaders_every_n_epochs=1, logger=False,
+    trainer = pl.Trainer(log_every_n_steps=1, max_epochs=epochs, reload_dataloaders_every_n_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path, limit_val_batches=0)
     trainer.fit(model, dm)
