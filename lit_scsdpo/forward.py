@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -169,6 +169,20 @@ class SharedPrefixRows:
         rows = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
         ids, mask = left_pad([list(p) for p in distinct], pad_id)
         return cls(ids, mask, torch.tensor(rows, dtype=torch.long), response_ids.long(), response_mask.long())
+
+    @classmethod
+    def from_packed(cls, input_ids: Tensor, attention_mask: Tensor, prompt_width: int, groups: Tensor,
+                    response_ids: Tensor, response_mask: Tensor) -> Optional["SharedPrefixRows"]:
+        """The rows of a packed ``[left-padded prompt | response]`` batch, sharing the prompt of
+        each group (``groups[i]``: row i's question); None when a group's prompts differ."""
+        distinct, rows = torch.unique(groups, return_inverse=True)
+        first = torch.full((distinct.numel(),), rows.numel(), dtype=torch.long, device=rows.device)
+        first = first.scatter_reduce(0, rows, torch.arange(rows.numel(), device=rows.device), "amin")
+        prefix_ids, prefix_mask = input_ids[first, :prompt_width], attention_mask[first, :prompt_width]
+        same = (input_ids[:, :prompt_width] == prefix_ids[rows]) | (attention_mask[:, :prompt_width] == 0)
+        if not bool(same.all()) or not torch.equal(attention_mask[:, :prompt_width], prefix_mask[rows]):
+            return None
+        return cls(prefix_ids, prefix_mask.long(), rows, response_ids.long(), response_mask.long())
 
     def to(self, device: Any) -> "SharedPrefixRows":
         return SharedPrefixRows(self.prefix_ids.to(device), self.prefix_mask.to(device), self.rows.to(device),

@@ -33,7 +33,7 @@ from . import losses as L
 from . import sharding
 from .assets import resolve_model_path
 from .data import RolloutBatch
-from .forward import PackedRows, SharedPrefixRows, response_hidden, response_logits, run_with_hidden
+from .forward import PackedRows, SharedPrefixRows, response_logits, run_with_hidden, supports_shared_prefix
 from .teacher import RepromptTemplates, Rows, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,8 @@ class PolicyOptimization(pl.LightningModule):
 
     #: the smallest group size G the loss can learn from (group baselines / sibling demonstrations)
     min_group_size: int = 1
+    #: run each question's prompt once for its G rollouts (set False for one packed forward per row)
+    share_student_prefix: bool = True
 
     def __init__(
         self,
@@ -250,17 +252,30 @@ class PolicyOptimization(pl.LightningModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers for losses
+    def student_rows(self, batch: RolloutBatch) -> Rows:
+        """The micro-batch's rows for the student forward: the G rollouts of a question share
+        its prompt's forward (:class:`SharedPrefixRows`, with gradients through the shared
+        prefix) when ``share_student_prefix`` is on and the policy supports it, unsharded
+        (FSDP2 keeps one forward per backward); else the packed rows as collated."""
+        T = batch.response_ids.shape[1]
+        if self.share_student_prefix and not sharding.is_sharded(self.policy) and supports_shared_prefix(self.policy):
+            rows = SharedPrefixRows.from_packed(batch.input_ids, batch.attention_mask, batch.prompt_width,
+                                                batch.group_ids.to(batch.input_ids.device), batch.response_ids,
+                                                batch.response_mask)
+            if rows is not None:
+                return rows
+        return PackedRows(batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width, T)
+
     def student_forward(self, batch: RolloutBatch) -> StudentOutput:
         t0 = time.perf_counter()
+        rows = self.student_rows(batch)
         if self.logits_chunk_size is not None:
-            hidden = response_hidden(self.policy, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                     batch.prompt_width, batch.response_ids.shape[1])
+            hidden = rows.forward(self.policy, "hidden")
             logp, entropy = _chunked_token_stats(hidden, self.policy.get_output_embeddings(), batch.response_ids,
                                                  batch.temperature, self.logits_chunk_size)
             self._add_time("student", time.perf_counter() - t0)
             return StudentOutput(logp=logp, entropy=entropy, hidden=hidden)
-        logits = response_logits(self.policy, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                 batch.prompt_width, batch.response_ids.shape[1]).float() / batch.temperature
+        logits = rows.forward(self.policy, "logits").float() / batch.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
         logp = logp_all.gather(-1, batch.response_ids[..., None]).squeeze(-1)
         with torch.no_grad():

@@ -168,3 +168,50 @@ def test_sdpo_loss_and_gradients_unchanged_by_prefix_sharing(tiny_model_path):
             assert l0.abs() > 0 and g0.norm() > 0
             assert torch.allclose(l0, l1, rtol=1e-5, atol=1e-7), (chunk, weighted)
             assert torch.allclose(g0, g1, rtol=1e-4, atol=1e-6 * g0.abs().max()), (chunk, weighted)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "sdpo"])
+def test_student_prefix_sharing_leaves_losses_and_gradients_unchanged(tiny_model_path, algo):
+    """The student runs each question's prompt once for its G rollouts, with gradients through
+    the shared prompt: loss, log-probs and gradients equal the packed forward's (chunked or not)."""
+    from lit_scsdpo import GRPO, SDPO
+
+    from .test_pins import batch_of, make_rollouts, perturb_teacher
+
+    base = GRPO(tiny_model_path) if algo == "grpo" else SDPO(tiny_model_path, topk=10)
+    if algo == "sdpo":
+        perturb_teacher(base)
+    rewards = [1, 1, 0, 0] + [1, 0, 0, 0] + [1, 1, 1, 0]
+    r = make_rollouts(base.tokenizer, rewards)
+    for chunk in (None, 4):
+        results = []
+        for share in (False, True):
+            m = copy.deepcopy(base)
+            m.logits_chunk_size, m.share_student_prefix = chunk, share
+            batch = batch_of(r, base.tokenizer.pad_token_id)
+            rows = m.student_rows(batch)
+            assert type(rows) is (SharedPrefixRows if share else PackedRows)
+            if share:
+                assert rows.prefix_ids.shape[0] == 3 and rows.num_rows == 12  # 3 questions, 12 rollouts
+            loss, _ = m.compute_loss(batch)
+            loss.backward()
+            results.append((loss.detach(), m.student_forward(batch).logp.detach(),
+                            torch.cat([p.grad.flatten() for p in m.policy.parameters()])))
+        (l0, lp0, g0), (l1, lp1, g1) = results
+        mask = batch.response_mask.bool()
+        assert l0.abs() > 0 and g0.norm() > 0
+        assert (lp0 - lp1)[mask].abs().max() < TOL
+        assert torch.allclose(l0, l1, rtol=1e-5, atol=1e-7), chunk
+        assert torch.allclose(g0, g1, rtol=1e-4, atol=1e-6 * g0.abs().max()), chunk
+
+
+def test_student_rows_fall_back_when_a_group_has_different_prompts(tiny_model_path):
+    from lit_scsdpo import GRPO
+
+    from .test_pins import batch_of, make_rollouts
+
+    m = GRPO(tiny_model_path)
+    batch = batch_of(make_rollouts(m.tokenizer, [1, 0, 1, 0, 0, 1, 1, 0]), m.tokenizer.pad_token_id)
+    assert type(m.student_rows(batch)) is SharedPrefixRows
+    batch.group_ids = torch.zeros_like(batch.group_ids)  # two different prompts claimed as one group
+    assert type(m.student_rows(batch)) is PackedRows
