@@ -192,6 +192,11 @@ class PolicyOptimization(pl.LightningModule):
     non-finite or exactly zero (nothing to learn: every row masked, every question weight 0,
     every group's advantage 0): no AdamW moment or weight-decay update, no LR-schedule advance,
     no EMA (paper-spec §3.3(4)). Skips are counted in ``train/skipped_steps``.
+
+    The student runs each question's prompt once for its G rollouts and the responses on its
+    KV cache (``share_student_prefix``, on; exact, tests/test_forward.py); the LM head runs at
+    the response positions only. The full set of step scalars is logged on the steps the
+    logger writes (``trainer.log_every_n_steps``), loss and reward at every step.
     """
 
     #: the smallest group size G the loss can learn from (group baselines / sibling demonstrations)
