@@ -14,6 +14,7 @@ The DataModule takes the policy and its tokenizer from the LightningModule it tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -56,6 +57,12 @@ class StepInfo:
     step_id: int = 0  # unique per optimizer step within the run (caches keyed on it)
 
 
+def _tensors_to(obj: Any, device: Any) -> Any:
+    moved = {f.name: (v.to(device) if isinstance(v, torch.Tensor) else _tensors_to(v, device) if isinstance(v, StepInfo)
+                      else v) for f in dataclasses.fields(obj) for v in [getattr(obj, f.name)]}
+    return dataclasses.replace(obj, **moved)
+
+
 @dataclass
 class RolloutBatch:
     """A micro-batch of scored rollouts, whole groups only (``n = questions × G`` rows).
@@ -94,6 +101,11 @@ class RolloutBatch:
     @property
     def num_sequences(self) -> int:
         return self.input_ids.shape[0]
+
+    def to(self, device: Any) -> "RolloutBatch":
+        """The batch with its tensors (and its step's) on ``device``; lists and strings are
+        shared, not copied (Lightning's generic mover deep-copies dataclasses: ~9 ms a step)."""
+        return _tensors_to(self, device)
 
     @property
     def last_in_step(self) -> bool:

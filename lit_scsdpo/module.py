@@ -391,6 +391,11 @@ class PolicyOptimization(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, RolloutBatch):
+            return batch.to(device)  # tensors only; Lightning's mover deep-copies the rest
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_scsdpo"] = {"counters": dict(self._counters),
                                     "consecutive_nonfinite": self._consecutive_nonfinite}
