@@ -96,9 +96,10 @@ def report(runs: list[dict]) -> str:
         p0, mix, p1 = (values(r, f"rollout/frac_{x}")[-8:] for x in ("p0", "mixed", "p1"))
         step_s = [sum(vals) for vals in zip(*(values(r, f"time/{p}") for p in PHASES if values(r, f"time/{p}")))]
         peak = f"{r['peak_rss_mib'] / 1024:.1f} GiB" if "peak_rss_mib" in r else "n/a"
+        maj_text = f"{100 * maj[0]:.1f} → {100 * maj[-1]:.1f}" if maj else "n/a"
         lines.append(
-            f"| {LABEL[r['algo']]} | {len(rew)} | {' → '.join(f'{100 * v:.1f}' for v in mean)} | "
-            f"{100 * maj[0]:.1f} → {100 * maj[-1]:.1f} | {100 * statistics.mean(rew[:4]):.1f} → "
+            f"| {LABEL[r['algo']]} | {len(rew)} | {' → '.join(f'{100 * v:.1f}' for v in mean) or 'n/a'} | "
+            f"{maj_text} | {100 * statistics.mean(rew[:4]):.1f} → "
             f"{100 * statistics.mean(rew[-4:]):.1f} | {statistics.mean(length[:4]):.1f} → "
             f"{statistics.mean(length[-4:]):.1f} | {statistics.mean(p0):.2f} / {statistics.mean(mix):.2f} / "
             f"{statistics.mean(p1):.2f} | {med(step_s):.1f} | {peak} |")
@@ -127,10 +128,11 @@ def plot(runs: list[dict], path: Path) -> None:
         axes[1].plot([s for s, _ in pts], [100 * v for _, v in pts], "o-", color=c, label=lab)
         axes[2].plot(range(1, len(rew) + 1), values(r, "rollout/response_length"), color=c, label=lab)
         axes[3].plot(range(1, len(rew) + 1), values(r, "rollout/frac_mixed"), color=c, label=lab)
-    for ax, title in zip(axes, ["rollout reward (4-step mean)", f"validation mean@{k} (%)", "response tokens",
-                                "share of questions with 0 < p̂ < 1"]):
+    for i, (ax, title) in enumerate(zip(axes, ["rollout reward (4-batch mean)", f"validation mean@{k} (%)",
+                                               "response tokens", "share of questions with 0 < p̂ < 1"])):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("optimizer step")
+        # a rollout batch whose groups are all uniform (GRPO: zero gradient) is not an optimizer step
+        ax.set_xlabel("optimizer step (skipped steps not counted)" if i == 1 else "rollout batch")
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle("SmolLM2-135M-Instruct, arithmetic L0-L1, CPU (configs/smollm2/base.yaml)", fontsize=11)
