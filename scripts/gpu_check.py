@@ -213,7 +213,7 @@ def trainer_for(args: argparse.Namespace, strategy: Optional[str], epochs: int, 
         kw = dict(strategy=FSDP2Strategy(process_group_backend=args.process_group_backend))
     return pl.Trainer(
         accelerator=args.accelerator, devices=args.devices, precision="bf16-mixed", max_epochs=epochs,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, reload_dataloaders_every_n_epochs=1,
         default_root_dir=root, callbacks=callbacks, **kw,
     )
