@@ -58,6 +58,8 @@ def _silence_warnings() -> None:
     # from_pretrained returns the policy in eval mode (no dropout, as rollouts were drawn) and the
     # SDPO teacher is in eval mode by design; Lightning >= 2.6 warns about both at fit start
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # the module moves its own RolloutBatch (tensors only); that is the point of overriding it
+    warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device` in `LightningModule`")
     # an advertisement, printed by every Trainer
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning_utilities.core.rank_zero"):

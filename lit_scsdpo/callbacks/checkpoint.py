@@ -8,7 +8,9 @@ need:
   one rollout batch), independent of validation, and at the end of training: always at an
   epoch boundary, never in the middle of one, so a resume continues exactly where the run was.
   The file is written to a temporary name and renamed, so a kill during the write leaves the
-  previous checkpoint intact. One file per save.
+  previous checkpoint intact. One file per save. It is streamed to disk
+  (:class:`StreamingCheckpointIO`): Lightning's own atomic save serialises the whole checkpoint
+  into memory first, +2 GB of RAM at 135M parameters, ~130 GB at 8B without sharding.
 * SIGTERM and SIGINT (Ctrl+C) request a stop (``lit_scsdpo.interrupt``). Generation stops at the
   next token, and training at the next micro-batch, on every rank together; the partial step is
   abandoned. Nothing of it has touched the weights, optimizer, scheduler or teacher, so the
@@ -38,6 +40,7 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -68,6 +71,26 @@ def set_rng_states(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` straight into a temporary file beside the target, then ``os.replace``:
+    atomic like Lightning's ``TorchCheckpointIO``, which first serialises the whole checkpoint
+    into an in-memory buffer (the checkpoint's size again in RAM). Remote paths keep
+    Lightning's implementation."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -135,6 +158,10 @@ class RunCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             interrupt.clear()
+        strategy = trainer.strategy
+        if type(getattr(strategy, "_checkpoint_io", None)) in (TorchCheckpointIO, type(None)) and \
+                hasattr(strategy, "checkpoint_io"):
+            strategy.checkpoint_io = StreamingCheckpointIO()  # the default only; a user's plugin stays
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install(trainer)
