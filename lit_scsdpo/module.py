@@ -262,14 +262,14 @@ class PolicyOptimization(pl.LightningModule):
         its prompt's forward (:class:`SharedPrefixRows`, with gradients through the shared
         prefix) when ``share_student_prefix`` is on and the policy supports it, unsharded
         (FSDP2 keeps one forward per backward); else the packed rows as collated."""
-        T = batch.response_ids.shape[1]
         if self.share_student_prefix and not sharding.is_sharded(self.policy) and supports_shared_prefix(self.policy):
             rows = SharedPrefixRows.from_packed(batch.input_ids, batch.attention_mask, batch.prompt_width,
                                                 batch.group_ids.to(batch.input_ids.device), batch.response_ids,
                                                 batch.response_mask)
             if rows is not None:
                 return rows
-        return PackedRows(batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width, T)
+        return PackedRows(batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width,
+                          batch.response_ids.shape[1])
 
     def student_forward(self, batch: RolloutBatch) -> StudentOutput:
         t0 = time.perf_counter()
