@@ -17,6 +17,8 @@ Differences from a plain ``LightningCLI``:
 * a relative logger ``save_dir`` (the configs' ``lightning_logs``) is taken relative to
   ``--trainer.default_root_dir`` when that is set, so logs and checkpoints go under it;
 * ``--threads N`` sets torch's CPU threads;
+* freed tensor memory goes back to the OS (``host_memory.return_freed_memory_to_os``: glibc
+  would otherwise keep each step's transient peak resident);
 * a few warnings a user cannot act on are silenced (``_silence_warnings``).
 """
 
@@ -33,6 +35,7 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from .data import RolloutDataModule
+from .host_memory import return_freed_memory_to_os
 from .module import PolicyOptimization
 
 #: options LightningCLI adds by default that the modules' manual optimisation cannot honour
@@ -209,6 +212,7 @@ def run(args: list[str] | None = None) -> RLCLI:
     """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _silence_warnings()
+    return_freed_memory_to_os()
     return RLCLI(
         PolicyOptimization,
         RolloutDataModule,

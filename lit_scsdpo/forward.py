@@ -21,8 +21,9 @@ from __future__ import annotations
 import copy
 import inspect
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -110,17 +111,43 @@ def _cache_argument(model: torch.nn.Module) -> str:
 def supports_shared_prefix(model: torch.nn.Module) -> bool:
     """Whether :class:`SharedPrefixRows` is exact for ``model``: a transformers causal LM whose
     KV cache is plain full-attention layers (no sliding-window, linear or state-space layers,
-    whose caches do not simply concatenate), which keeps its cache when called (activation
-    checkpointing turns ``use_cache`` off in training mode)."""
-    if model.training:  # (eval mode first: the checkpointing property walks every module)
-        checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.2x
-        if checkpointing is None:
-            checkpointing = getattr(model, "is_gradient_checkpointing", False)
-        if checkpointing:
-            return False
+    whose caches do not simply concatenate). Under activation checkpointing the prefix runs
+    uncheckpointed and the response layers keep the read-only cache (:func:`_checkpointing_with_cache`)."""
     if model not in _CACHE_KIND:  # the model's structure does not change: checked once (~1 ms at 30 layers)
         _CACHE_KIND[model] = _plain_full_attention_cache(model)
     return _CACHE_KIND[model]
+
+
+def _checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers that activation checkpointing (transformers' own) recomputes."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # pragma: no cover - transformers < 4.52
+        return []
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+
+
+@contextmanager
+def _checkpointing_with_cache(layers: list[torch.nn.Module], phase: Literal["prefix", "responses"]) -> Iterator[None]:
+    """transformers drops the KV cache in a checkpointed layer (the backward replay would write
+    it twice). The prefix forward writes the cache: it runs without checkpointing (its ``U·Pu``
+    tokens are few next to the responses' ``n·T``). The response forward only reads it (the
+    read-only layers below: the replay reads the same prefix keys), so it keeps it
+    (``_can_checkpoint_with_cache``) and stays checkpointed."""
+    if phase == "prefix":
+        for layer in layers:
+            layer.gradient_checkpointing = False
+    else:
+        for layer in layers:
+            layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            if phase == "prefix":
+                layer.gradient_checkpointing = True
+            else:
+                del layer._can_checkpoint_with_cache  # the instance attribute: back to the class's False
 
 
 _CACHE_KIND: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
@@ -213,10 +240,15 @@ class SharedPrefixRows:
         T = self.num_positions
         cache_arg = _cache_argument(model)
         cache = DynamicCache(config=model.config)
+        checkpointed = _checkpointed_layers(model) if model.training and torch.is_grad_enabled() else []
         # 1) each distinct prompt once; its last position predicts response token 0
-        head_inputs = {"logits_to_keep": 1, "use_cache": True, cache_arg: cache}
-        hidden, out = run_with_hidden(model, input_ids=self.prefix_ids, attention_mask=self.prefix_mask,
-                                      position_ids=position_ids(self.prefix_mask), **head_inputs)
+        # (use_cache only asks the model to make a cache; the one passed is used either way, and
+        # under checkpointing transformers would switch use_cache off with a warning)
+        use_cache = not checkpointed
+        head_inputs = {"logits_to_keep": 1, "use_cache": use_cache, cache_arg: cache}
+        with _checkpointing_with_cache(checkpointed, "prefix"):
+            hidden, out = run_with_hidden(model, input_ids=self.prefix_ids, attention_mask=self.prefix_mask,
+                                          position_ids=position_ids(self.prefix_mask), **head_inputs)
         if cache.get_seq_length() != self.prefix_ids.shape[1]:
             raise RuntimeError(f"{type(model).__name__} did not fill its KV cache (use_cache ignored); "
                                f"the shared-prefix forward needs it")
@@ -226,9 +258,10 @@ class SharedPrefixRows:
         attention = torch.cat([self.prefix_mask.index_select(0, self.rows), self.response_mask], dim=1)
         positions = position_ids(attention)[:, self.prefix_ids.shape[1]:]
         inputs = {"input_ids": self.response_ids, "attention_mask": attention, "position_ids": positions,
-                  "use_cache": True, cache_arg: _read_only_prefix(cache, self.rows)}
-        if want == "logits":
-            rest = model(**inputs).logits
-        else:
-            rest = run_with_hidden(model, **inputs, logits_to_keep=1)[0]
+                  "use_cache": use_cache, cache_arg: _read_only_prefix(cache, self.rows)}
+        with _checkpointing_with_cache(checkpointed, "responses"):
+            if want == "logits":
+                rest = model(**inputs).logits
+            else:
+                rest = run_with_hidden(model, **inputs, logits_to_keep=1)[0]
         return torch.cat([first, rest[:, : T - 1].to(first.dtype)], dim=1)

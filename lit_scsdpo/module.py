@@ -42,6 +42,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 #: ``logits_chunk_size: auto`` chunks at this size when the vocabulary has at least AUTO_CHUNK_VOCAB entries
 AUTO_CHUNK, AUTO_CHUNK_VOCAB = 512, 32768
 ChunkSize = Union[int, Literal["auto"], None]
+#: ``gradient_checkpointing: auto`` turns activation checkpointing on from this many parameters
+AUTO_CHECKPOINTING_PARAMETERS = 50_000_000
+Checkpointing = Union[bool, Literal["auto"]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,6 +66,16 @@ def load_policy(model_name_or_path: str, torch_dtype: str) -> tuple[Any, torch.n
         where = "the local folder" if os.path.exists(path) else "it as a hub id (no local folder of that name)"
         raise OSError(f"model.model_name_or_path={model_name_or_path!r}: could not load {where}: {first}") from None
     return tokenizer, policy
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """transformers' activation checkpointing of each decoder layer, non-reentrant: the shared
+    prefix's keys reach the recomputed layers by closure, not as inputs (lit_scsdpo/forward.py)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def check_logits_are_head(model: torch.nn.Module) -> None:
@@ -176,7 +189,13 @@ class PolicyOptimization(pl.LightningModule):
             ``bfloat16`` halves the host memory while loading. Compute precision is
             ``trainer.precision`` (``bf16-mixed`` on GPUs). validate/test keep this dtype.
         gradient_checkpointing: activation checkpointing of each decoder layer (the model's
-            own, on the same layer class that sharding wraps).
+            own, on the same layer class that sharding wraps): the backward recomputes each
+            layer's forward, so the student keeps one ``[tokens, hidden]`` input per layer
+            instead of all its activations. ``auto`` (default): on from 50M parameters
+            (SmolLM2-135M, B=4 × G=4 × 128 tokens: ~2.8 → ~0.15 GiB of student activations,
+            for one more student forward; docs/performance.md), off below (the tiny default's
+            activations are a few MB).
+            The shared-prefix student stays exact and shared under it (lit_scsdpo/forward.py).
         logits_chunk_size: compute the LM head, log-softmax and the distillation loss over
             chunks of this many response positions (recomputed in backward), so no ``[T, V]``
             logit matrix is materialised (long responses × large vocabularies). None: off.
@@ -210,13 +229,15 @@ class PolicyOptimization(pl.LightningModule):
         optim: OptimConfig = OptimConfig(),
         loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
         torch_dtype: str = "float32",
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: Checkpointing = "auto",
         logits_chunk_size: ChunkSize = "auto",
         max_nonfinite_steps: int = 3,
         rollout_correction: RolloutCorrection = RolloutCorrection(),
     ) -> None:
         super().__init__()
         # every argument is checked before the weights load
+        if gradient_checkpointing not in (True, False, "auto"):
+            raise ValueError(f"model.gradient_checkpointing must be true, false or auto, got {gradient_checkpointing!r}")
         if loss_agg_mode not in L.AGGREGATION_MODES:
             raise ValueError(f"model.loss_agg_mode must be one of {L.AGGREGATION_MODES}, got {loss_agg_mode!r}")
         if torch_dtype not in DTYPES:
@@ -235,8 +256,10 @@ class PolicyOptimization(pl.LightningModule):
         self.optim = optim
         self.loss_agg_mode = loss_agg_mode
         self.tokenizer, self.policy = load_policy(model_name_or_path, torch_dtype)
+        if gradient_checkpointing == "auto":
+            gradient_checkpointing = sum(p.numel() for p in self.policy.parameters()) >= AUTO_CHECKPOINTING_PARAMETERS
         if gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+            enable_checkpointing(self.policy)
         if logits_chunk_size == "auto":
             logits_chunk_size = _auto_chunk_size(self.policy)
         elif logits_chunk_size is not None:
@@ -573,7 +596,7 @@ class GRPO(PolicyOptimization):
         optim: OptimConfig = OptimConfig(),
         loss_agg_mode: L.AggregationMode = "token-mean",
         torch_dtype: str = "float32",
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: Checkpointing = "auto",
         logits_chunk_size: ChunkSize = "auto",
         max_nonfinite_steps: int = 3,
         rollout_correction: RolloutCorrection = RolloutCorrection(),
@@ -669,7 +692,7 @@ class SDPO(PolicyOptimization):
         optim: OptimConfig = OptimConfig(),
         loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
         torch_dtype: str = "float32",
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: Checkpointing = "auto",
         logits_chunk_size: ChunkSize = "auto",
         max_nonfinite_steps: int = 3,
         rollout_correction: RolloutCorrection = RolloutCorrection(),

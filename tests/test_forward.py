@@ -130,12 +130,57 @@ def test_models_whose_cache_does_not_concatenate_use_the_packed_path():
     assert not supports_shared_prefix(Qwen3ForCausalLM(sliding).eval())
     model = tiny()
     assert supports_shared_prefix(model)
-    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-    model.train()  # activation checkpointing in training mode switches the cache off
-    assert not supports_shared_prefix(model)
-    model.eval()
-    assert supports_shared_prefix(model)
     assert not supports_shared_prefix(torch.nn.Linear(2, 2))
+
+
+def enable_checkpointing(model):
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+
+
+def saved_bytes(fn):
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs, and its result."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total[0], out
+
+
+@pytest.mark.parametrize("make", [tiny, random_llama], ids=["tiny-qwen3", "random-llama-4096"])
+def test_shared_prefix_under_activation_checkpointing_is_exact_and_saves_less(make):
+    """The student's shared path with transformers' activation checkpointing on (training
+    mode): same logits and parameter gradients as the packed path without checkpointing, the
+    cache survives the replay, and autograd keeps a fraction of the activations."""
+    prompts, ids, mask = rows_like_a_teacher_batch(make().config.vocab_size, seed=3)
+    valid = mask.bool()
+    weights = torch.randn(ids.shape + (1,), generator=torch.Generator().manual_seed(0))
+
+    def run(model, rows):
+        model.zero_grad(set_to_none=True)
+        nbytes, hidden = saved_bytes(lambda: rows.forward(model, "hidden"))
+        (hidden * weights * valid[..., None]).sum().backward()
+        return nbytes, hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = make().train()
+    ref_bytes, ref, ref_grads = run(plain, PackedRows.build(prompts, ids, mask, 0))
+    checkpointed = make().train()
+    enable_checkpointing(checkpointed)
+    assert supports_shared_prefix(checkpointed)
+    rows = SharedPrefixRows.build(prompts, ids, mask, 0)
+    nbytes, out, grads = run(checkpointed, rows)
+    assert (out - ref)[valid].abs().max() < TOL
+    assert grads.keys() == ref_grads.keys() and len(grads) > 10
+    for name, g in ref_grads.items():
+        assert (grads[name] - g).abs().max() <= TOL * max(1.0, g.abs().max().item()), name
+    # layer checkpointing in place (the cache kept): far fewer saved bytes than the packed path
+    assert nbytes < 0.5 * ref_bytes, (nbytes, ref_bytes)
+    # the layers' state is restored: checkpointing on, the cache flag back to the class's
+    layers = [m for m in checkpointed.modules() if hasattr(m, "_can_checkpoint_with_cache")]
+    assert layers and all(m.gradient_checkpointing and "_can_checkpoint_with_cache" not in vars(m) for m in layers)
 
 
 def test_sdpo_loss_and_gradients_unchanged_by_prefix_sharing(tiny_model_path):

@@ -96,13 +96,16 @@ class _CountLayerForwards(pl.Callback):
         self.counts.append(0)
 
 
-@pytest.mark.parametrize("checkpointing, forwards", [(False, 1), (True, 2)])
-def test_activation_checkpointing_recomputes_each_layer(checkpointing, forwards):
+@pytest.mark.parametrize("checkpointing, shared, forwards",
+                         [(False, False, 1), (True, False, 2), (False, True, 2), (True, True, 3)])
+def test_activation_checkpointing_recomputes_each_layer(checkpointing, shared, forwards):
     """Before: from_pretrained returns eval mode, Lightning keeps module modes, and transformers
-    checkpoints only in train mode: ``gradient_checkpointing: true`` did nothing."""
+    checkpoints only in train mode: ``gradient_checkpointing: true`` did nothing. The packed
+    student is one forward (+1 recompute); the shared-prefix student is the prompts' forward,
+    kept, and the responses' forward (+1 recompute: checkpointing stays on for the responses)."""
     counter = _CountLayerForwards()
     model = SDPO(MODEL, gradient_checkpointing=checkpointing)
-    model.share_student_prefix = False  # one packed student forward per micro-batch (the shared path runs two)
+    model.share_student_prefix = shared
     fit(model, callbacks=[counter])
     assert counter.counts and set(counter.counts) == {forwards}
     assert model.policy.training and not model.teacher.weights.training
