@@ -75,7 +75,8 @@ def response_text(expr: str, answer: int, worked: bool) -> str:
     return f"{worked_solution(expr, final=answer)}\n<answer>{answer}</answer>" if worked else f"<answer>{answer}</answer>"
 
 
-def make_example(tok, rng, held_out, noise, levels, reprompt: bool, worked: bool = False):
+def make_example(tok, rng, held_out, noise, levels, reprompt: bool, worked: bool = False,
+                 teacher_noise: float = 0.0):
     level = rng.choice(levels)
     while True:
         expr, value = sample_expression(level, rng)
@@ -85,7 +86,10 @@ def make_example(tok, rng, held_out, noise, levels, reprompt: bool, worked: bool
     if reprompt:
         demo = response_text(expr, value, worked)
         messages = Reprompt(system=[], prompt=question, demonstration=demo).messages()
-        answer = value
+        # a harder teacher: even shown a correct solution it is wrong with probability
+        # teacher_noise x the level's noise (more often on the hard levels, as the student)
+        wrong = teacher_noise > 0 and rng.random() < teacher_noise * noise[level]  # (no draw at 0: same stream)
+        answer = corrupt(value, rng) if wrong else value
     else:
         messages = [{"role": "user", "content": question}]
         answer = corrupt(value, rng) if rng.random() < noise[level] else value
@@ -130,7 +134,7 @@ def train(args) -> tuple:
     for step in range(args.steps):
         batch = [make_example(tok, rng, held_out, NOISE, LEVELS, False, args.worked_solution)
                  for _ in range(args.batch_plain)]
-        batch += [make_example(tok, rng, held_out, NOISE, LEVELS, True, args.worked_solution)
+        batch += [make_example(tok, rng, held_out, NOISE, LEVELS, True, args.worked_solution, args.teacher_noise)
                   for _ in range(args.batch_reprompt)]
         ids, labels, mask = collate(batch, tok.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -178,6 +182,7 @@ def measure(tok, model, task, n_questions: int, G: int = 8, seed: int = 1, worke
     greedy = accuracy(student_prompts, rows, 1, 0.0)
     t = accuracy(teacher_prompts, rows, G, 1.0)
     p = s.mean(1)
+    failed = s < 1  # the rollouts a teacher is asked about: where the student failed
     levels = torch.tensor([r["level"] for r in rows])
     val_rows = task.rows("validation")
     v = accuracy([render_prompt(tok, task.messages(r)) for r in val_rows], val_rows, G, 1.0)
@@ -191,6 +196,8 @@ def measure(tok, model, task, n_questions: int, G: int = 8, seed: int = 1, worke
         "frac_p=1": round((p == 1).float().mean().item(), 4),
         "teacher_mean@8": round(t.mean().item(), 4),
         "teacher_minus_student_points": round(100 * (t.mean() - s.mean()).item(), 1),
+        "teacher_mean@8_by_level": {f"L{lv}": round(t[levels == lv].mean().item(), 3) for lv in LEVELS},
+        "teacher_mean@8_on_questions_with_a_failure": round(t[failed.any(1)].mean().item(), 4),
         "student_mean@8_by_level": {f"L{lv}": round(s[levels == lv].mean().item(), 3) for lv in LEVELS},
         "greedy_by_level": {f"L{lv}": round(greedy[levels == lv].mean().item(), 3) for lv in LEVELS},
         "validation_mean@8": round(v.mean().item(), 4),
@@ -210,6 +217,10 @@ def main() -> None:
     ap.add_argument("--eval-questions", type=int, default=300)
     ap.add_argument("--worked-solution", action="store_true",
                     help="targets are a worked solution then the answer (longer responses; write to another --out)")
+    ap.add_argument("--teacher-noise", type=float, default=0.0,
+                    help="reprompt targets are corrupted with probability this x the level's label noise: a "
+                         "self-teacher that is wrong on some questions even given a correct demonstration "
+                         "(0: an oracle that copies the demonstrated answer)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok, model, task, seconds = train(args)
@@ -217,27 +228,44 @@ def main() -> None:
     model.save_pretrained(args.out)
     tok.save_pretrained(args.out)
     report = {"train_seconds": round(seconds, 1), "steps": args.steps, "threads": args.threads,
-              "worked_solution": args.worked_solution,
+              "worked_solution": args.worked_solution, "teacher_noise": args.teacher_noise,
               "parameters": sum(p.numel() for p in model.parameters())}
     if args.eval_questions > 0:
         report.update(measure(tok, model, task, args.eval_questions, worked=args.worked_solution))
     print(json.dumps(report, indent=2))
-    if args.out.resolve() == DEFAULT_OUT.resolve():
+    if args.out.resolve().parent == DEFAULT_OUT.parent:  # a shipped asset: write its card
         write_card(args, report)
 
 
 def write_card(args, report) -> None:
     cmd = f"python scripts/build_tiny_asset.py --steps {args.steps} --seed {args.seed} --threads {args.threads}"
-    text = f"""# tiny-qwen3: the embedded default's pretrained reasoner
+    if args.out.resolve() != DEFAULT_OUT.resolve():
+        cmd += f" --out lit_scsdpo/assets/{args.out.name}"
+    if args.worked_solution:
+        cmd += " --worked-solution"
+    if args.teacher_noise:
+        cmd += f" --teacher-noise {args.teacher_noise}"
+    if args.worked_solution:
+        what = ("Responses are a worked solution (one step per partial result) then the answer, ~20-35 tokens, "
+                "so per-token credit has room.")
+    else:
+        what = "Responses are the bare answer, ~5-8 tokens."
+    if args.teacher_noise:
+        teacher = (f"The reprompt targets are wrong with probability {args.teacher_noise} x the level's noise: "
+                   f"shown a correct solution, the self-teacher is still wrong on some questions, more on the "
+                   f"hard levels (`teacher_mean@8_by_level` below).")
+    else:
+        teacher = ("The self-teacher mostly *copies* the demonstrated answer: at this scale it is an oracle,\n"
+                   "not a model that reasons better with a hint.")
+    text = f"""# {args.out.name}: a tiny pretrained reasoner shipped with lit_scsdpo
 
 Built by `{cmd}` (deterministic for a given seed and thread count). A Qwen3 causal LM
 (hidden 128, 4 layers, 4 heads, 2 KV heads, tied embeddings, {report['parameters']:,}
 parameters, fp32 safetensors) with a char-level tokenizer and a Qwen-style chat template.
 Supervised on arithmetic levels {LEVELS} with label noise {NOISE} and on SDPO-format
-reprompt examples; see the script's docstring.
+reprompt examples; see the script's docstring. {what}
 
-The self-teacher mostly *copies* the demonstrated answer: at this scale it is an oracle,
-not a model that reasons better with a hint.
+{teacher}
 
 Start-of-RL measurements (fresh training-distribution questions, G=8, T=1):
 

@@ -37,10 +37,31 @@ def test_home_relative_model_path_loads(tiny_model_path, monkeypatch, tmp_path):
         load_policy("~/missing", "float32")
 
 
+def test_assets_fit_the_size_budget():
+    """Everything shipped in lit_scsdpo/assets: at most 10 MiB (the package stays light)."""
+    size = sum(f.stat().st_size for f in ASSET_DIR.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+    assert size <= 10 * 2**20, f"assets are {size / 2**20:.1f} MiB"
+
+
+def greedy(path, question, max_new_tokens):
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ids = render_prompt(tok, [{"role": "user", "content": question}])
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def test_worked_solution_asset_answers_with_its_steps():
+    """The second asset (configs/tiny/worked.yaml) writes the worked solution, then the answer."""
+    path = resolve_model_path("asset:tiny-qwen3-worked")
+    assert greedy(path, "What is 23+45?", 64) == "23+45: 20+40=60, 3+5=8, 60+8=68\n<answer>68</answer>"
+    card = (Path(path) / "README.md").read_text()
+    assert "--worked-solution --teacher-noise 0.5" in card and "teacher_mean@8_by_level" in card
+
+
 def test_shipped_asset_loads_and_answers():
     path = resolve_model_path("asset:tiny-qwen3")
-    size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
-    assert size <= 10 * 2**20, f"asset is {size / 2**20:.1f} MiB"
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     assert model.config.model_type == "qwen3" and model.config.tie_word_embeddings
