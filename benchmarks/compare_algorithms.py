@@ -90,7 +90,14 @@ def load_run(algo: str, seed: int, opts) -> dict:
     hist = list(csv.DictReader(open(next((run_dir / "run").rglob("curriculum.csv")))))
     return {"algo": algo, "seed": seed, "curve": curve, "k": k, "curriculum": hist,
             "shares": {t: train.get(f"curriculum/{t}", []) for t in ("frac_p0", "frac_mixed", "frac_p1")},
-            "step_seconds": (max(w for _, w, _ in train["train/loss"]) - t0) / max(1, len(train["train/loss"]) - 1)}
+            "step_seconds": seconds_per_step(train["train/loss"])}
+
+
+def seconds_per_step(points: list[tuple[int, float, float]]) -> float:
+    """Wall seconds per optimizer step between the first and the last logged step (the
+    configs log every n steps: count steps, not events)."""
+    (s0, w0, _), (s1, w1, _) = points[0], points[-1]
+    return (w1 - w0) / (s1 - s0) if s1 > s0 else float("nan")
 
 
 def mean_std(xs: list[float]) -> str:
@@ -222,19 +229,24 @@ def plots(runs: list[dict], opts) -> list[str]:
     return names
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=200)
+def add_run_arguments(ap: argparse.ArgumentParser, out: str) -> None:
+    """The options every multi-run benchmark shares (this one, weighting_study.py)."""
+    ap.add_argument("--steps", type=int, default=200, help="optimizer steps per run (the same for every run)")
     ap.add_argument("--val-every", type=int, default=25)
     ap.add_argument("--val-samples", type=int, default=8)
     ap.add_argument("--parallel", type=int, default=2, help="runs at a time (one torch thread each)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compare")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / out)
     ap.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="extra lit-scsdpo overrides for every run, after --, e.g. "
                     "-- --model.init_args.model_name_or_path /path/to/model")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add_run_arguments(ap, "compare")
     opts = ap.parse_args()
     jobs = [(a, s) for s in opts.seeds for a in opts.algos]
     if not opts.report_only:

@@ -1,5 +1,6 @@
 """Evaluation and curriculum callbacks: values, and TensorBoard events read back."""
 
+import csv
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -208,6 +209,21 @@ def test_evaluation_steps_baseline_and_test_stage(tiny_model_path, tmp_path, cap
     assert sorted(steps["val/reward"]) == [0, *printed]  # the module's val metrics too
     assert sorted(steps["val/all/best_mean@4"]) == printed  # best-so-far: of the trained model only
     best = dict(evaluation.best)
+    # each validation's per-question rows: successes out of k, averaging to the logged mean@k
+    rows = list(csv.DictReader(open(Path(trainer.log_dir) / "val_per_question.csv")))
+    by_step = {}
+    for r in rows:
+        assert 0 <= int(r["successes"]) <= int(r["k"]) == 4 and r["data_source"].startswith("arithmetic/")
+        by_step.setdefault(int(r["step"]), []).append(int(r["successes"]) / 4)
+    assert sorted(by_step) == [0, *printed] and all(len(v) == 6 for v in by_step.values())
+    logged = {}
+    for ev in Path(tmp_path).rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "val/all/mean@4" in acc.Tags()["scalars"]:
+            logged.update({e.step: e.value for e in acc.Scalars("val/all/mean@4")})
+    for step, values in by_step.items():
+        assert sum(values) / len(values) == pytest.approx(logged[step], abs=1e-6)
 
     trainer.test(model, dm)
     out = capsys.readouterr().out
@@ -280,3 +296,33 @@ def test_resumed_run_logs_its_first_validation_at_its_step(tiny_model_path, tmp_
         acc.Reload()
         steps += [e.step for e in acc.Scalars("val/all/mean@2")]
     assert sorted(steps) == [1, 2]
+
+
+def test_per_question_rows_written_after_the_checkpoint_are_cut_on_resume(tmp_path):
+    """A run killed after a validation that followed its last checkpoint: the resumed run's
+    first write keeps only the rows the checkpoint had counted, then appends."""
+    from types import SimpleNamespace
+
+    rollouts = SimpleNamespace(group_size=2, success_threshold=0.5, rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]),
+                               rows=[{"uid": "a", "data_source": "s"}, {"uid": "b", "data_source": "s"}])
+    trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
+                              global_step=0)
+    first = MajorityVoteEvaluation()
+    for step in (0, 2):
+        trainer.global_step = step
+        first._append_per_question(trainer, rollouts)
+        if step == 0:
+            state = first.state_dict()  # the checkpoint: 2 rows counted
+    trainer.global_step = 4
+    first._append_per_question(trainer, rollouts)  # written, then the run is killed
+    path = tmp_path / "val_per_question.csv"
+    assert len(path.read_text().splitlines()) == 1 + 6
+
+    resumed = MajorityVoteEvaluation()
+    resumed.load_state_dict(state)
+    trainer.global_step = 2  # the resumed run validates step 2 again
+    resumed._append_per_question(trainer, rollouts)
+    rows = list(csv.DictReader(open(path)))
+    assert [(r["step"], r["question"], r["successes"]) for r in rows] == [
+        ("0", "a", "1"), ("0", "b", "2"), ("2", "a", "1"), ("2", "b", "2")]
+    assert resumed.state_dict()["per_question_rows"] == 4

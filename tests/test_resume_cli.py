@@ -29,6 +29,7 @@ trainer:
         every_n_epochs: 2
     - class_path: lit_scsdpo.callbacks.CurriculumLogger
     - class_path: lit_scsdpo.callbacks.DifficultyWeighting
+    - class_path: lit_scsdpo.callbacks.MajorityVoteEvaluation
 """
 
 
@@ -87,3 +88,6 @@ def test_sigkill_then_resume_is_exact(tiny_model_path, tmp_path):
         assert sorted(want) == list(range(1, 11)) and got == want, tag
     rows = list(csv.DictReader(open(next(b.rglob("curriculum.csv")))))
     assert [int(r["epoch"]) for r in rows] == [e for e in range(10) for _ in range(4)]  # no duplicated rows
+    # the per-question validation rows: the same as the uninterrupted run's, none twice
+    want, got = (open(next(d.rglob("val_per_question.csv"))).read().splitlines() for d in (a, b))
+    assert got == want and {line.split(",")[0] for line in want[1:]} == {"2", "4", "6", "8", "10"}

@@ -13,11 +13,15 @@ number), ``maj@k_vote`` (one plain vote), ``pass@k``, ``format_rate`` and
 (``[validation] step N``: N is also the TensorBoard step of every ``val/*`` curve), and the
 score before training when the sanity check runs the whole validation set
 (``trainer.num_sanity_val_steps: -1``, as in the tiny configs), which it also logs at
-TensorBoard step 0.
+TensorBoard step 0. Each validation's per-question results (successes out of k) are appended
+to ``val_per_question.csv`` in the log directory, for analyses by question (e.g. by the
+initial model's pass rate: benchmarks/weighting_study.py).
 """
 
 from __future__ import annotations
 
+import csv
+import os
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -35,21 +39,29 @@ class MajorityVoteEvaluation(pl.Callback):
         n_bootstrap: resamples of verl's bootstrap maj@k (1000 in verl).
         seed: seed of the bootstrap (42 in verl).
         print_table: print the per-source table after ``validate`` / ``test``.
+        per_question_file: the CSV in the log directory that each validation appends its
+            per-question rows to (``step, question, data_source, successes, k``; under DDP,
+            rank 0's questions); None: off. Written only when the trainer has a logger.
     """
 
     def __init__(self, k: Optional[int] = None, n_bootstrap: int = 1000, seed: int = 42,
-                 print_table: bool = True) -> None:
+                 print_table: bool = True, per_question_file: Optional[str] = "val_per_question.csv") -> None:
         if k is not None and k < 1:
             raise ValueError(f"MajorityVoteEvaluation.k must be >= 1, got {k}")
         self.k, self.n_bootstrap, self.seed, self.print_table = k, n_bootstrap, seed, print_table
+        self.per_question_file = per_question_file
+        self._rows_written = 0  # per-question rows in the file (saved in checkpoints)
+        self._truncate_to: Optional[int] = None  # after a resume: the rows the checkpoint had seen
         self.best: dict[str, float] = {}
         self.last: dict[str, dict[str, float]] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": dict(self.best)}
+        return {"best": dict(self.best), "per_question_rows": self._rows_written}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = dict(state.get("best", {}))
+        # rows a killed run appended after its last checkpoint would appear twice: cut them
+        self._rows_written = self._truncate_to = int(state.get("per_question_rows", 0))
 
     def compute(self, rollouts: Any, sources: list[str], device: torch.device) -> dict[str, dict[str, float]]:
         """``{source: {metric: value}}`` for one set of scored rollouts (synced over ranks)."""
@@ -117,6 +129,8 @@ class MajorityVoteEvaluation(pl.Callback):
         if "all" in sources:
             sources.remove("all")
         self.last = self.compute(rollouts, sources, pl_module.device)
+        if prefix == "val" and self.per_question_file and trainer.loggers:  # (no logger: no files)
+            self._append_per_question(trainer, rollouts)
         if trainer.sanity_checking:  # Lightning writes nothing to the loggers here: see _log_baseline
             return
         if trainer.state.fn == "fit":
@@ -135,6 +149,33 @@ class MajorityVoteEvaluation(pl.Callback):
                 best_key = f"val/{source}/best_{name}"
                 self.best[best_key] = max(self.best.get(best_key, value), value)
                 pl_module.log(best_key, self.best[best_key], on_epoch=True, sync_dist=True)
+
+    def _per_question_path(self, trainer: pl.Trainer) -> str:
+        return os.path.join(trainer.log_dir or trainer.default_root_dir, self.per_question_file)
+
+    def _append_per_question(self, trainer: pl.Trainer, rollouts: Any) -> None:
+        path = self._per_question_path(trainer)  # on every rank: trainer.log_dir is a collective under DDP
+        if not trainer.is_global_zero:
+            return
+        n = rollouts.group_size
+        k = self.k or n
+        successes = (rollouts.rewards.view(-1, n)[:, :k] >= rollouts.success_threshold).sum(1).tolist()
+        rows = [(trainer.global_step, str(row.get("uid", row.get("question", q))), str(row.get("data_source", "")),
+                 int(c), k) for q, (row, c) in enumerate(zip(rollouts.rows, successes))]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if self._truncate_to is not None and os.path.exists(path):
+            with open(path, newline="") as f:
+                kept = list(csv.reader(f))[: 1 + self._truncate_to]
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+        self._truncate_to = None
+        self._rows_written += len(rows)
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "question", "data_source", "successes", "k"])
+            w.writerows(rows)
 
     def _log_baseline(self, trainer: pl.Trainer, step: int) -> None:
         """The validation before training (sanity check) at TensorBoard step ``step``: 0, or
