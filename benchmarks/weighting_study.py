@@ -117,11 +117,29 @@ def run_one(arm: str, seed: int, opts) -> None:
     print(f"{arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)
 
 
+#: a gap between two logged events longer than this is a pause (a run resumed in a later session,
+#: a benchmark run while the study was stopped), not training: it counts as MAX_GAP
+MAX_GAP = 120.0
+
+
+def run_clock(times: list[float]):
+    """Training seconds since the run's first event at each wall time, pauses cut to MAX_GAP."""
+    cut, marks = 0.0, []
+    for prev, cur in zip(times, times[1:]):
+        if cur - prev > MAX_GAP:
+            cut += cur - prev - MAX_GAP
+            marks.append((cur, cut))
+
+    def clock(w: float) -> float:
+        return w - times[0] - max((c for t, c in marks if t <= w), default=0.0)
+    return clock
+
+
 def load_run(opts, arm: str, seed: int) -> dict:
     out = run_dir(opts, arm, seed)
     tb = scalars(out / "run")
-    t0 = min(w for pts in tb.values() for _, w, _ in pts)
-    curves = {tag: [(s, w - t0, v) for s, w, v in pts] for tag, pts in tb.items() if tag.startswith("val/")}
+    clock = run_clock(sorted(w for pts in tb.values() for _, w, _ in pts))
+    curves = {tag: [(s, clock(w), v) for s, w, v in pts] for tag, pts in tb.items() if tag.startswith("val/")}
     per_question: dict[int, dict[str, float]] = {}
     for path in sorted((out / "run").rglob("val_per_question.csv")):
         with open(path, newline="") as f:
@@ -130,7 +148,8 @@ def load_run(opts, arm: str, seed: int) -> dict:
     shares = {t: [v for _, _, v in tb.get(f"curriculum/{t}", [])] for t in ("frac_p0", "frac_mixed", "frac_p1")}
     return {"arm": arm, "seed": seed, "curves": curves, "per_question": per_question, "shares": shares,
             "ess": [(s, v) for s, _, v in tb.get("curriculum/weight_ess_fraction", [])],
-            "step_seconds": seconds_per_step(tb["train/loss"]) if "train/loss" in tb else float("nan")}
+            "step_seconds": seconds_per_step([(s, clock(w), v) for s, w, v in tb["train/loss"]])
+            if "train/loss" in tb else float("nan")}
 
 
 # ---------------------------------------------------------------------------------- statistics

@@ -101,3 +101,9 @@ def test_a_real_run_is_read_back(tmp_path):
     start = run["curves"]["val/all/mean@2"][0][2]
     assert statistics.mean(run["per_question"][0].values()) == pytest.approx(start, abs=1e-6)
     assert len(run["shares"]["frac_mixed"]) == 2 and len(run["ess"]) == 2 and run["step_seconds"] > 0
+
+
+def test_run_clock_cuts_pauses():
+    """Events at 0, 10, 20, then after a 1000 s pause (a resumed run): 1020 -> 20 + MAX_GAP."""
+    clock = ws.run_clock([100.0, 110.0, 120.0, 1120.0, 1130.0])
+    assert [clock(w) for w in (100.0, 120.0, 1120.0, 1130.0)] == [0.0, 20.0, 20.0 + ws.MAX_GAP, 30.0 + ws.MAX_GAP]
