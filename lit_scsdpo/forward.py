@@ -240,7 +240,9 @@ class SharedPrefixRows:
         T = self.num_positions
         cache_arg = _cache_argument(model)
         cache = DynamicCache(config=model.config)
-        checkpointed = _checkpointed_layers(model) if model.training and torch.is_grad_enabled() else []
+        # (without gradients too: transformers < 5.2x checkpoints, and drops the cache, in training
+        # mode whether or not autograd is on, e.g. a live teacher that is the training policy)
+        checkpointed = _checkpointed_layers(model) if model.training else []
         # 1) each distinct prompt once; its last position predicts response token 0
         # (use_cache only asks the model to make a cache; the one passed is used either way, and
         # under checkpointing transformers would switch use_cache off with a warning)

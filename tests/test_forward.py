@@ -178,6 +178,8 @@ def test_shared_prefix_under_activation_checkpointing_is_exact_and_saves_less(ma
         assert (grads[name] - g).abs().max() <= TOL * max(1.0, g.abs().max().item()), name
     # layer checkpointing in place (the cache kept): far fewer saved bytes than the packed path
     assert nbytes < 0.5 * ref_bytes, (nbytes, ref_bytes)
+    with torch.no_grad():  # a live teacher: the training policy without autograd
+        assert (rows.forward(checkpointed, "hidden") - ref)[valid].abs().max() < TOL
     # the layers' state is restored: checkpointing on, the cache flag back to the class's
     layers = [m for m in checkpointed.modules() if hasattr(m, "_can_checkpoint_with_cache")]
     assert layers and all(m.gradient_checkpointing and "_can_checkpoint_with_cache" not in vars(m) for m in layers)
