@@ -175,8 +175,12 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
 
 
 def verdict(r: Optional[dict]) -> str:
+    """From the t-interval; no verdict on fewer than 3 seeds (the interval rests on 1 degree of
+    freedom, and a normal-theory reading of 2 numbers)."""
     if r is None:
         return "n < 2"
+    if r["n"] < 3:
+        return "too few seeds for a verdict"
     if r["lo"] > 0:
         return "higher (CI excludes 0)"
     if r["hi"] < 0:
@@ -237,7 +241,7 @@ def report(runs: list[dict], opts) -> str:
     lines.append("s / step: training wall time between the first and last logged steps (validations included), "
                  f"{opts.parallel} runs at a time on the machine's cores.")
     lines += ["", "Paired by seed, against SDPO: mean difference (points), 95 % t-interval, exact sign-flip "
-              "p-value, verdict", "", "| arm − SDPO | metric | seeds | mean | 95 % CI | p | verdict |",
+              "p-value (with n seeds it cannot fall below 2 / 2^n: 0.0625 at 5 seeds), verdict from the interval", "", "| arm − SDPO | metric | seeds | mean | 95 % CI | p | verdict |",
               "|---|---|---|---|---|---|---|"]
     for a in [x for x in by if x != "sdpo"]:
         if "sdpo" not in by:

@@ -32,6 +32,8 @@ def test_paired_statistics_by_hand():
     shifted = ws.paired({s: v + 0.05 for s, v in a.items()}, b)  # every difference > 0
     assert shifted["lo"] > 0 and ws.verdict(shifted).startswith("higher") and shifted["p"] == pytest.approx(2 / 32)
     assert ws.paired({0: 1.0}, {0: 0.0}) is None and ws.verdict(None) == "n < 2"
+    two = ws.paired({0: 1.0, 1: 1.1}, {0: 0.0, 1: 0.0})  # CI excludes 0, but 2 seeds: no verdict
+    assert two["lo"] > 0 and ws.verdict(two) == "too few seeds for a verdict"
 
 
 @pytest.mark.parametrize("arm", ["grpo", "scsdpo", "norm_none", "lambda"])
