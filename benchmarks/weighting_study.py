@@ -274,7 +274,7 @@ def report(runs: list[dict], opts) -> str:
             cells = [mean_sd([b[name] for b in bands[a].values() if name in b]) for a in by]
             res = paired({s: b[name] for s, b in bands["scsdpo"].items() if name in b},
                          {s: b[name] for s, b in bands["sdpo"].items() if name in b})
-            lines.append(f"| {name} | {statistics.mean(counts) if counts else 0:.0f} | " + " | ".join(cells)
+            lines.append(f"| {name} | {statistics.mean(counts) if counts else 0:.1f} | " + " | ".join(cells)
                          + f" | {fmt_paired(res)} |")
     lines += ["", "Share of training questions by pass rate (mean over seeds; first 10 % of steps → last 10 %)", "",
               "| arm | p̂ = 0 | 0 < p̂ < 1 | p̂ = 1 | weight ESS / B (last 10 %) |", "|---|---|---|---|---|"]
