@@ -251,6 +251,17 @@ def report(runs: list[dict], opts) -> str:
                        {s: metric(run, tag, how) for s, run in by["sdpo"].items()})
             name = f"{how} {tag.split('/')[-1]}"
             lines.append(f"| {ARMS[a][3]} | {name} | {r['n'] if r else len(by[a])} | {fmt_paired(r)} |")
+    ablations = [a for a in ABLATIONS if a in by]
+    if "scsdpo" in by and ablations:
+        # Which knob matters: each ablation changes one thing of the paper's weighting.
+        lines += ["", "Each ablation against the paper's weighting (SC-SDPO), paired by seed", "",
+                  "| ablation − SC-SDPO | metric | seeds | mean | 95 % CI | p | verdict |", "|---|---|---|---|---|---|---|"]
+        for a in ablations:
+            for tag, how in heads[:3]:
+                r = paired({s: metric(run, tag, how) for s, run in by[a].items()},
+                           {s: metric(run, tag, how) for s, run in by["scsdpo"].items()})
+                lines.append(f"| {ARMS[a][3]} | {how} {tag.split('/')[-1]} | {r['n'] if r else len(by[a])} "
+                             f"| {fmt_paired(r)} |")
     if {"scsdpo", "sdpo"} <= set(by):
         levels = sorted({t.split("/")[2] for r in runs for t in r["curves"] if t.startswith("val/arithmetic/")})
         lines += ["", f"SC-SDPO − SDPO per difficulty level (final mean@{k}, paired)", "",

@@ -82,6 +82,10 @@ def test_report_and_figures_from_runs(tmp_path):
     text = ws.report(runs, opts)
     assert "| SC-SDPO (paper) | final mean@8 | 3 | +4.0 |" in text  # 2 x shift: 2, 4, 6 points
     assert "| exponent 1 (variance) | final mean@8 | 3 | -4.0 | [-4.0, -4.0] |" in text
+    # against the paper's weighting: -4 - (2, 4, 6) = -6, -8, -10 points
+    assert "| ablation − SC-SDPO |" in text
+    assert "| exponent 1 (variance) | final mean@8 | 3 | -8.0 | [-13.0, -3.0] | 0.25 | lower (CI excludes 0) |" \
+        in text
     assert "| L1 |" in text and "| 0 < p̂ ≤ 1/2 | 1.0 |" in text and "| p̂ = 0 | 1.0 |" in text
     names = ws.plots(runs, opts)
     assert set(names) == {"weighting_vs_step.png", "weighting_vs_time.png", "weighting_pass_rate_shares.png",
