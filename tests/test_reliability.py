@@ -115,16 +115,16 @@ def test_plain_trainer_gets_fresh_rollouts_every_epoch(tiny_model_path, tmp_path
     model = GRPO(tiny_model_path)
     dm = RolloutDataModule(DigitTask(train_size=32, val_size=4, test_size=4), questions_per_step=4,
                            rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8))
-    seen = []
+    seen = []  # the objects themselves: a freed object's id() can be reused by the next one
 
     class Seen(pl.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
-            seen.append(id(trainer.datamodule.current))
+            seen.append(trainer.datamodule.current)
 
     trainer = pl.Trainer(log_every_n_steps=1, max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[Seen()])
     trainer.fit(model, dm)
-    assert len(set(seen)) == 3 and dm._draws == 3
+    assert len({id(r) for r in seen}) == 3 and dm._draws == 3
     bad = pl.Trainer(log_every_n_steps=1, max_epochs=1, reload_dataloaders_every_n_epochs=2, logger=False, enable_checkpointing=False,
                      limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs must be 1"):
