@@ -222,6 +222,19 @@ def band_accuracy(run: dict) -> dict[str, float]:
     return out
 
 
+def paired_rows(by: dict[str, dict[int, dict]], arms: list[str], base: str,
+                metrics: list[tuple[str, str]]) -> list[str]:
+    """One table row per (arm, metric): the arm's runs paired by seed against ``base``'s."""
+    rows = []
+    for a in arms:
+        for tag, how in metrics:
+            r = paired({s: metric(run, tag, how) for s, run in by[a].items()},
+                       {s: metric(run, tag, how) for s, run in by[base].items()})
+            rows.append(f"| {ARMS[a][3]} | {how} {tag.split('/')[-1]} | {r['n'] if r else len(by[a])} "
+                        f"| {fmt_paired(r)} |")
+    return rows
+
+
 def report(runs: list[dict], opts) -> str:
     k = opts.val_samples
     by = {a: {r["seed"]: r for r in runs if r["arm"] == a} for a in ARMS}
@@ -241,27 +254,16 @@ def report(runs: list[dict], opts) -> str:
     lines.append("s / step: training wall time between the first and last logged steps (validations included), "
                  f"{opts.parallel} runs at a time on the machine's cores.")
     lines += ["", "Paired by seed, against SDPO: mean difference (points), 95 % t-interval, exact sign-flip "
-              "p-value (with n seeds it cannot fall below 2 / 2^n: 0.0625 at 5 seeds), verdict from the interval", "", "| arm − SDPO | metric | seeds | mean | 95 % CI | p | verdict |",
-              "|---|---|---|---|---|---|---|"]
-    for a in [x for x in by if x != "sdpo"]:
-        if "sdpo" not in by:
-            break
-        for tag, how in heads:
-            r = paired({s: metric(run, tag, how) for s, run in by[a].items()},
-                       {s: metric(run, tag, how) for s, run in by["sdpo"].items()})
-            name = f"{how} {tag.split('/')[-1]}"
-            lines.append(f"| {ARMS[a][3]} | {name} | {r['n'] if r else len(by[a])} | {fmt_paired(r)} |")
+              "p-value (with n seeds it cannot fall below 2 / 2^n: 0.0625 at 5 seeds), verdict from the interval",
+              "", "| arm − SDPO | metric | seeds | mean | 95 % CI | p | verdict |", "|---|---|---|---|---|---|---|"]
+    if "sdpo" in by:
+        lines += paired_rows(by, [a for a in by if a != "sdpo"], "sdpo", heads)
     ablations = [a for a in ABLATIONS if a in by]
     if "scsdpo" in by and ablations:
         # Which knob matters: each ablation changes one thing of the paper's weighting.
         lines += ["", "Each ablation against the paper's weighting (SC-SDPO), paired by seed", "",
                   "| ablation − SC-SDPO | metric | seeds | mean | 95 % CI | p | verdict |", "|---|---|---|---|---|---|---|"]
-        for a in ablations:
-            for tag, how in heads[:3]:
-                r = paired({s: metric(run, tag, how) for s, run in by[a].items()},
-                           {s: metric(run, tag, how) for s, run in by["scsdpo"].items()})
-                lines.append(f"| {ARMS[a][3]} | {how} {tag.split('/')[-1]} | {r['n'] if r else len(by[a])} "
-                             f"| {fmt_paired(r)} |")
+        lines += paired_rows(by, ablations, "scsdpo", heads[:3])
     if {"scsdpo", "sdpo"} <= set(by):
         levels = sorted({t.split("/")[2] for r in runs for t in r["curves"] if t.startswith("val/arithmetic/")})
         lines += ["", f"SC-SDPO − SDPO per difficulty level (final mean@{k}, paired)", "",
