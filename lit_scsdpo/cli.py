@@ -19,7 +19,17 @@ Differences from a plain ``LightningCLI``:
 * ``--threads N`` sets torch's CPU threads;
 * freed tensor memory goes back to the OS (``host_memory.return_freed_memory_to_os``: glibc
   would otherwise keep each step's transient peak resident);
-* a few warnings a user cannot act on are silenced (``_silence_warnings``).
+* a few warnings a user cannot act on are silenced (``_silence_warnings``);
+* everything that can be checked without the weights is checked before the model is built
+  (``lit_scsdpo.launch``): hardware, checkpoints, the data and its files, the engine;
+* ``fit --ckpt_path`` resumes the *same* run: a configuration that differs from the one recorded
+  in the checkpoint is refused (keys that only change duration, evaluation, logging or the
+  hardware layout are applied and said); ``fit --weights_from CKPT`` starts a new run from a
+  checkpoint's policy weights; ``validate`` / ``test --ckpt_path`` use the checkpoint's model
+  configuration, and say so;
+* ``config.yaml`` of a resumed run is rewritten only after the resume completed a step.
+
+The console script is :mod:`lit_scsdpo.entry` (fast ``--help``, one-line errors).
 """
 
 from __future__ import annotations
@@ -29,14 +39,33 @@ import logging
 import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, Optional
 
+import yaml
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from . import launch
 from .data import RolloutDataModule
 from .host_memory import return_freed_memory_to_os
 from .module import PolicyOptimization
+from .rollout import SamplingConfig
+
+_STATE = {"training_started": False}
+
+
+def training_started() -> bool:
+    """Whether this process's CLI got past its launch (errors after that keep their traceback)."""
+    return _STATE["training_started"]
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def _say(line: str) -> None:
+    if _is_rank_zero():
+        print(f"[lit-scsdpo] {line}", flush=True)
 
 #: options LightningCLI adds by default that the modules' manual optimisation cannot honour
 _REMOVED_OPTIONS = ("--optimizer", "--lr_scheduler")
@@ -63,6 +92,11 @@ def _silence_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # the module moves its own RolloutBatch (tensors only); that is the point of overriding it
     warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device` in `LightningModule`")
+    # the DataModule's loaders are iterable with a length on purpose (no DistributedSampler re-shard)
+    warnings.filterwarnings("ignore", message=r".*IterableDataset.*has `__len__` defined")
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+    # RunCheckpoint restores nothing that depends on the folder (validate/test log to a new one)
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     # an advertisement, printed by every Trainer
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning_utilities.core.rank_zero"):
@@ -109,10 +143,140 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class _Parser(LightningArgumentParser):
+    """Parse errors as one line and a hint (``LIT_SCSDPO_TRACEBACK=1``: the parser's full message)."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):  # noqa: D102
+        from .entry import TRACEBACK_ENV, condense_parser_message
+
+        if os.environ.get(TRACEBACK_ENV) or getattr(self, "exit_on_error", True) is False:
+            return super().error(message, ex)
+        sys.stderr.write(f"lit-scsdpo: error: {condense_parser_message(message)}\n"
+                         f"hint: `lit-scsdpo fit --help` lists every option; {TRACEBACK_ENV}=1 shows the parser's "
+                         f"full message\n")
+        sys.exit(2)
+
+
+class RunConfigFile(SaveConfigCallback):
+    """``config.yaml`` in the run folder. A run in a new folder writes it at start, as
+    Lightning does; a resume into the run's own folder rewrites it only at the end of its first
+    completed step, so a launch that did not train never replaces the record of how the
+    checkpoint was trained."""
+
+    _deferred = False
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:  # noqa: D102
+        if self.already_saved:
+            return
+        path = os.path.join(trainer.log_dir, self.config_filename)
+        exists = trainer.strategy.broadcast(trainer.is_global_zero and os.path.isfile(path))
+        if exists and stage == "fit":
+            self._deferred = True
+            return
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # noqa: D102
+        if not self._deferred:
+            return
+        self._deferred, self.already_saved = False, True
+        if trainer.is_global_zero:
+            path = os.path.join(trainer.log_dir, self.config_filename)
+            self.parser.save(self.config, path + ".tmp", skip_none=False, overwrite=True, multifile=self.multifile)
+            os.replace(path + ".tmp", path)
+
+
+def _instantiate_datamodule(data_config: Any) -> RolloutDataModule:
+    """The DataModule alone, from its configuration (before the model, whose weights load in
+    its constructor)."""
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_lightning_class_args(RolloutDataModule, "data")
+    cfg = parser.parse_object({"data": launch.plain(data_config)})
+    return parser.instantiate_classes(cfg).data
+
+
 class RLCLI(LightningCLI):
+    _ckpt_meta: Optional[dict[str, Any]] = None
+    _run_config: Optional[dict[str, Any]] = None
+    _checked_datamodule: Optional[RolloutDataModule] = None
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: D102
         parser.add_argument("--threads", type=int, default=0,
                             help="torch CPU threads (0: leave torch's default)")
+        parser.add_argument("--weights_from", type=Optional[str], default=None,
+                            help="fit: start a NEW run from this checkpoint's policy weights (a .ckpt file or "
+                                 "sharded folder), with the configuration given here: fresh optimizer, schedule, "
+                                 "sampler and log folder; the SDPO teacher / GRPO reference start from these "
+                                 "weights. To continue the same run, use --ckpt_path")
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything loads. ``fit``: a resume of the same run (the
+        configuration is compared in :meth:`instantiate_classes`); ``validate`` / ``test``: the
+        checkpoint's model configuration replaces the given one (Lightning's behaviour), said."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        config = self.config[sub]
+        ckpt = config.get("ckpt_path")
+        if not ckpt:
+            return
+        self._ckpt_meta = launch.read_checkpoint_meta(str(ckpt))
+        if sub == "fit":
+            return
+        given = launch.plain(config.get("model"))
+        _say(launch.evaluation_note(sub, self._ckpt_meta, {"model": given}, str(ckpt)))
+        super()._parse_ckpt_path()
+
+    def _config_dump(self) -> dict[str, Any]:
+        dumped = yaml.safe_load(self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml"))
+        dumped = dumped.get(self.subcommand, dumped) if self.subcommand else dumped
+        return {k: v for k, v in dumped.items() if k not in launch.NOT_COMPARED}
+
+    def instantiate_classes(self) -> None:  # noqa: D102
+        if self.subcommand in ("fit", "validate", "test"):
+            self._checked_datamodule = self._preflight(self.subcommand)
+        super().instantiate_classes()
+        if self._checked_datamodule is not None:
+            self.datamodule = self._checked_datamodule  # the one whose splits were read and checked
+
+    def _preflight(self, sub: str) -> RolloutDataModule:
+        """Everything that can be checked without the weights (``lit_scsdpo.launch``)."""
+        config = self.config[sub]
+        launch.check_hardware(launch.plain(config.get("trainer") or {}), sub)
+        weights_from, ckpt = config.get("weights_from"), config.get("ckpt_path")
+        if weights_from and sub != "fit":
+            raise launch.LaunchError(f"--weights_from is an option of fit (a new run); {sub} evaluates --ckpt_path")
+        if weights_from and ckpt:
+            raise launch.LaunchError("give --ckpt_path (resume the same run) or --weights_from (a new run from its "
+                                     "weights), not both")
+        if weights_from:
+            launch.read_checkpoint_meta(str(weights_from), "--weights_from")
+        self._run_config = self._config_dump()
+        if sub == "fit" and ckpt and self._ckpt_meta is not None:
+            for note in launch.check_resume(self._ckpt_meta, self._run_config, str(ckpt)):
+                _say(note)
+        data = config.get("data")
+        for name in ("sampling", "val_sampling"):
+            values = launch.plain(data.get(name)) if data is not None else None
+            if isinstance(values, dict):
+                SamplingConfig.check_values(values, f"data.{name}")
+        dm = _instantiate_datamodule(data)
+        model = config.get("model")
+        cls = _import(str(model.class_path)) if model is not None and model.get("class_path") else PolicyOptimization
+        init_args = launch.plain(model.get("init_args") or {}) if model is not None else {}
+        required = cls.required_group_size(init_args) if hasattr(cls, "required_group_size") else 1
+        dm.check_before_weights(sub, required, cls.__name__)
+        return dm
+
+    def after_instantiate_classes(self) -> None:  # noqa: D102
+        if self.model is None:
+            return
+        self.model.run_config = self._run_config
+        weights_from = self.config[self.subcommand].get("weights_from") if self.subcommand else None
+        if weights_from:
+            from .checkpoints import load_checkpoint
+
+            self.model.load_policy_weights(load_checkpoint(str(weights_from), with_optimizer=False)["state_dict"])
+            _say(f"fit: a new run from the policy weights of {weights_from} (optimizer, schedule and sampler fresh)")
 
     def parse_arguments(self, parser, args) -> None:  # noqa: D102
         argv = sys.argv[1:] if args is None else args
@@ -199,7 +363,20 @@ class RLCLI(LightningCLI):
                   flush=True)
 
     def before_fit(self) -> None:  # noqa: D102
+        _STATE["training_started"] = True
         self._print_log_dir("training")
+
+    def before_validate(self) -> None:  # noqa: D102
+        _STATE["training_started"] = True
+
+    def after_validate(self) -> None:  # noqa: D102
+        self._print_log_dir("validation done")
+
+    def before_test(self) -> None:  # noqa: D102
+        _STATE["training_started"] = True
+
+    def after_test(self) -> None:  # noqa: D102
+        self._print_log_dir("test done")
 
     def after_fit(self) -> None:  # noqa: D102
         self._print_log_dir("done")
@@ -212,32 +389,50 @@ def run(args: list[str] | None = None) -> RLCLI:
     """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _silence_warnings()
+    _quiet_progress_bars()
     return_freed_memory_to_os()
     return RLCLI(
         PolicyOptimization,
         RolloutDataModule,
         subclass_mode_model=True,
         trainer_defaults=TRAINER_DEFAULTS,
+        save_config_callback=RunConfigFile,
         save_config_kwargs={"overwrite": True},
+        parser_class=_Parser,
         auto_configure_optimizers=False,  # manual optimisation: model.init_args.optim
         args=args,
     )
 
 
-def main(args: list[str] | None = None) -> None:
-    """The ``lit-scsdpo`` console script (returns None, so its exit status is 0 on success)."""
-    argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in ("export", "consolidate"):  # checkpoint tools, not LightningCLI subcommands
-        from .checkpoints import main as checkpoints_main
-
-        return checkpoints_main(argv)
+def _quiet_progress_bars() -> None:
+    """No weight-loading or split-generation bars: the CLI prints its own progress."""
     try:
-        run(args)
-    finally:
-        _destroy_process_group()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
 
 
-def _destroy_process_group() -> None:
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m lit_scsdpo.cli``: the console script's front door (:mod:`lit_scsdpo.entry`)."""
+    from .entry import main as entry_main
+
+    entry_main(args)
+
+
+def destroy_process_group() -> None:
     """Tear the process group down before the interpreter exits: left to static destructors,
     gloo's worker threads occasionally abort the process after a successful DDP run
     ("terminate called without an active exception", exit -6)."""

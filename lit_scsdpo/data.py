@@ -313,20 +313,48 @@ class RolloutDataModule(pl.LightningDataModule):
         self._consumed = False  # a training micro-batch of `current` has been collated
         self._base_seed: Optional[int] = None
         self.dropped_long_prompts: dict[str, int] = {}
+        self._loaded: dict[str, Any] = {}  # splits read by check_before_weights, for setup
 
     # ------------------------------------------------------------------ datasets & state
+    def check_before_weights(self, stage: str, required_group_size: int = 1, algorithm: str = "the module") -> None:
+        """Everything that can be checked before the policy's weights load (the CLI calls it
+        first): the engine is importable, the sampling settings can work, the group is large
+        enough for the algorithm, and every split ``stage`` needs is read and validated row by
+        row (kept, so :meth:`setup` does not read it again)."""
+        if stage == "fit":
+            from .module import check_group_size
+
+            check_group_size(algorithm, required_group_size, self.rollouts_per_question)
+            if self.sampling.temperature == 0:
+                raise ValueError("data.sampling.temperature=0 (greedy) makes the G training rollouts of a question "
+                                 "identical: no group baseline, no sibling demonstration, nothing to learn; use > 0 "
+                                 "(paper: 1.0). Greedy decoding is supported for evaluation (data.val_sampling)")
+        for split in {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ()):
+            ds = self._loaded.get(split)
+            if ds is None:
+                ds = self._loaded[split] = self.task.load(split)
+            if split == "train" and len(ds) == 0:
+                raise ValueError(f"task {self.task.name!r}: the train split is empty")
+        check = getattr(self.engine, "check_available", None)
+        if callable(check):
+            check()
+
+    def _load(self, split: str) -> Any:
+        ds = self._loaded.pop(split, None)
+        return self.task.load(split) if ds is None else ds
+
     def setup(self, stage: Optional[str] = None) -> None:
         self._require_fresh_rollouts()
         if self._base_seed is None:  # the global seed of seed_everything (restored on resume)
             self._base_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._fitting(self.task.load("train"), "train")
+            self.train_set = self._fitting(self._load("train"), "train")
             if len(self.train_set) == 0:
                 raise ValueError(f"task {self.task.name!r}: the train split is empty")
         if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._fitting(self.task.load("validation"), "validation")
+            self.val_set = self._fitting(self._load("validation"), "validation")
         if stage == "test" and self.val_set is None:
-            self.val_set = self._fitting(self.task.load("test"), "test")
+            self.val_set = self._fitting(self._load("test"), "test")
 
     def _require_fresh_rollouts(self) -> None:
         """Training on stale rollouts must be impossible: the rollouts are drawn in

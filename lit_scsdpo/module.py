@@ -220,6 +220,15 @@ class PolicyOptimization(pl.LightningModule):
 
     #: the smallest group size G the loss can learn from (group baselines / sibling demonstrations)
     min_group_size: int = 1
+    #: the run's configuration as the CLI parsed it, recorded in every checkpoint so that a resume
+    #: can be compared with it (``lit_scsdpo.launch``); None outside the CLI
+    run_config: Optional[dict[str, Any]] = None
+
+    @classmethod
+    def required_group_size(cls, init_args: dict[str, Any]) -> int:
+        """The smallest ``data.rollouts_per_question`` this module with ``init_args`` can learn
+        from; checked before the weights load (the CLI) and again in :meth:`setup`."""
+        return cls.min_group_size
     #: run each question's prompt once for its G rollouts (set False for one packed forward per row)
     share_student_prefix: bool = True
 
@@ -360,10 +369,16 @@ class PolicyOptimization(pl.LightningModule):
         _check_strategy(self.trainer.strategy)
         dm = getattr(self.trainer, "datamodule", None)
         G = getattr(dm, "rollouts_per_question", None)
-        if stage == "fit" and G is not None and G < self.min_group_size:
-            raise ValueError(f"data.rollouts_per_question must be >= {self.min_group_size} for "
-                             f"{type(self).__name__} (got {G}): with one rollout per question there is no "
-                             f"group baseline and no sibling demonstration, so the loss is 0 at every step")
+        if stage == "fit" and G is not None:
+            check_group_size(type(self).__name__, self.min_group_size, G)
+        if stage == "fit":
+            # loss and reward reach the logger at every optimizer step, the full scalar set every
+            # trainer.log_every_n_steps steps: Lightning's own gate counts micro-batches and would
+            # write loss and reward only at its multiples (a 2-step run had no curve at all)
+            trainer = self.trainer
+            every = getattr(trainer, "lit_scsdpo_full_scalars_every", None) or trainer.log_every_n_steps
+            trainer.lit_scsdpo_full_scalars_every = self._full_scalars_every = max(1, int(every))
+            trainer.log_every_n_steps = 1
 
     def sharded_models(self) -> list[torch.nn.Module]:
         """The models :meth:`configure_model` shards: the policy; subclasses add the models they
@@ -422,6 +437,28 @@ class PolicyOptimization(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_scsdpo"] = {"counters": dict(self._counters),
                                     "consecutive_nonfinite": self._consecutive_nonfinite}
+        if self.run_config is not None:
+            checkpoint["lit_scsdpo"]["run_config"] = self.run_config
+
+    def load_policy_weights(self, state_dict: dict[str, Tensor]) -> None:
+        """Start a new run from a checkpoint's policy weights (``fit --weights_from``): the
+        ``policy.*`` entries of a Lightning ``state_dict``, loaded strictly; the models derived
+        from the initial policy (SDPO teacher, GRPO reference) start from them too. Optimizer,
+        schedule, loop and sampler state are not taken."""
+        prefix = "policy."
+        weights = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not weights:
+            raise ValueError("--weights_from: the checkpoint has no policy weights ('policy.*' in its state_dict)")
+        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if k not in _tied_names(self.policy)]
+        if missing or unexpected:
+            raise ValueError(f"--weights_from: the checkpoint's policy does not match "
+                             f"model.model_name_or_path's architecture (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]})")
+        self.on_policy_loaded()
+
+    def on_policy_loaded(self) -> None:
+        """Called after :meth:`load_policy_weights`: re-derive what was copied from the initial policy."""
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lit_scsdpo", {})
@@ -503,12 +540,15 @@ class PolicyOptimization(pl.LightningModule):
                 f"those steps: the last checkpoint holds the last good state (lower optim.lr, or check the data)")
 
     def _logs_every_scalar(self, skipped: bool) -> bool:
-        """Whether this step logs its full scalar set: when the logger writes this batch
-        (``trainer.log_every_n_steps``) and on every skipped step; loss and reward are logged
-        every step. ``self.log`` costs ~0.2 ms per scalar whether or not anything is written
-        (~10 ms for the ~45 of a step, 2-3 % of a tiny step)."""
-        connector = getattr(self.trainer, "_logger_connector", None)
-        return skipped or connector is None or bool(connector.should_update_logs)
+        """Whether this step logs its full scalar set: the first step, every
+        ``trainer.log_every_n_steps``-th optimizer step, the last step of the run and every
+        skipped step; loss and reward are logged every step. ``self.log`` costs ~0.2 ms per
+        scalar (~10 ms for the ~45 of a step, 2-3 % of a tiny step)."""
+        trainer = self.trainer
+        every = getattr(self, "_full_scalars_every", None) or 1
+        step = self.global_step
+        last = trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs - 1
+        return skipped or every == 1 or step <= 1 or step % every == 0 or last
 
     def _step_logs(self, batch: RolloutBatch, grad_norm: Tensor, lr: float, train_seconds: float) -> dict[str, float]:
         logs = {f"train/{k}": sum(v) if k == "loss" else sum(v) / len(v) for k, v in self._step_metrics.items()}
@@ -540,6 +580,25 @@ class PolicyOptimization(pl.LightningModule):
                  sync_dist=True)
         fmt = torch.tensor([p is not None for p in batch.preds], dtype=torch.float32).mean()
         self.log(f"{prefix}/format_rate", fmt, on_epoch=True, batch_size=n, sync_dist=True)
+
+
+def check_group_size(algorithm: str, required: int, G: int) -> None:
+    """``data.rollouts_per_question`` large enough for the loss to learn anything."""
+    if G < required:
+        raise ValueError(f"data.rollouts_per_question must be >= {required} for {algorithm} (got {G}): with one "
+                         f"rollout per question there is no group baseline and no sibling demonstration, so the "
+                         f"loss is 0 at every step")
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    """Parameter names that are aliases of another (tied embeddings): absent from some state dicts."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.setdefault(id(p), name)
+    return tied
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -611,6 +670,10 @@ class GRPO(PolicyOptimization):
 
     def sharded_models(self) -> list[torch.nn.Module]:
         return super().sharded_models() + ([self.reference.weights] if self.reference is not None else [])
+
+    def on_policy_loaded(self) -> None:
+        if self.reference is not None:
+            self.reference.reset()  # the KL reference is the new run's initial policy
 
     def reference_logp(self, batch: RolloutBatch) -> Optional[Tensor]:
         """Sampled-token log-probs under the frozen initial policy (only when ``kl_coef > 0``)."""
@@ -726,8 +789,8 @@ class SDPO(PolicyOptimization):
         vocab = self.policy.get_output_embeddings().weight.shape[0]
         if topk is not None and topk > vocab:
             log.info("model.topk=%d exceeds the vocabulary (%d): the full vocabulary is used", topk, vocab)
-        # sibling demonstrations need G >= 2 unless the rollout may demonstrate to itself or feedback is used
-        self.min_group_size = 1 if include_feedback or not dont_reprompt_on_self_success else 2
+        self.min_group_size = self.required_group_size(
+            {"include_feedback": include_feedback, "dont_reprompt_on_self_success": dont_reprompt_on_self_success})
         self._step_prompts: tuple[Any, list[Optional[list[int]]], list[bool], list[Any]] = (None, [], [], [])
         self.alpha, self.topk, self.add_tail = alpha, topk, add_tail
         self.full_logit_distillation, self.is_clip = full_logit_distillation, is_clip
@@ -738,8 +801,18 @@ class SDPO(PolicyOptimization):
         self.grpo_lambda, self.norm_adv_by_std, self.eps_low, self.eps_high = grpo_lambda, norm_adv_by_std, eps_low, eps_high
         self.teacher = SelfTeacher(self.policy, teacher_mode, teacher_rate)
 
+    @classmethod
+    def required_group_size(cls, init_args: dict[str, Any]) -> int:
+        # sibling demonstrations need G >= 2 unless the rollout may demonstrate to itself or feedback is used
+        feedback = bool(init_args.get("include_feedback", False))
+        self_demo = not bool(init_args.get("dont_reprompt_on_self_success", True))
+        return 1 if feedback or self_demo else 2
+
     def sharded_models(self) -> list[torch.nn.Module]:
         return super().sharded_models() + ([self.teacher.weights] if self.teacher.weights is not None else [])
+
+    def on_policy_loaded(self) -> None:
+        self.teacher.reset()  # ema / frozen / trust-region anchor: the new run's initial policy
 
     def on_policy_updated(self) -> None:
         self.teacher.update()  # once per rollout batch, after its optimizer steps (paper-spec §1.5, A16)

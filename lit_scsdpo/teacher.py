@@ -250,6 +250,17 @@ class SelfTeacher(nn.Module):
         for t, s in zip(self.weights.buffers(), self._policy.buffers()):
             t.copy_(s)
 
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Make the teacher weights the policy's current ones (θ' ← θ): the start of a new run
+        whose policy was loaded after this teacher was built (``fit --weights_from``)."""
+        if self.weights is None:
+            return
+        for t, s in zip(self.weights.parameters(), self._policy.parameters()):
+            t.copy_(s.detach().to(t.dtype))
+        for t, s in zip(self.weights.buffers(), self._policy.buffers()):
+            t.copy_(s)
+
     def _model(self) -> nn.Module:
         return self._policy if self.mode == "live" else self.weights
 

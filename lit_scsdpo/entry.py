@@ -1,0 +1,119 @@
+"""The ``lit-scsdpo`` console script: a light front door to the CLI.
+
+It answers ``lit-scsdpo --help`` without importing torch, Lightning or transformers, sends
+``export`` / ``consolidate`` to the checkpoint tools, reads ``--key -1e-5`` as a value, and
+turns a launch that cannot work (a bad option, file, checkpoint or argument, found before
+training starts) into one line and a hint instead of a traceback. Errors raised once training
+has started keep their traceback. ``LIT_SCSDPO_TRACEBACK=1`` shows the full traceback (and the
+parser's full message) always.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+from typing import Optional
+
+TRACEBACK_ENV = "LIT_SCSDPO_TRACEBACK"
+
+HELP = """usage: lit-scsdpo <command> [options]
+
+Reinforcement learning of LLM reasoning: GRPO, SDPO and SC-SDPO on PyTorch Lightning.
+
+commands:
+  fit          train (--config FILE ...; resume the same run with --ckpt_path CKPT,
+               start a new run from a checkpoint's weights with --weights_from CKPT)
+  validate     evaluate a checkpoint on the validation split (--ckpt_path CKPT)
+  test         evaluate a checkpoint on the test split (--ckpt_path CKPT)
+  export       write a checkpoint's policy (and teacher) as a Hugging Face model folder
+  consolidate  turn a sharded (FSDP2) checkpoint folder into one .ckpt file
+
+`lit-scsdpo <command> --help` lists a command's options with their docstrings;
+`lit-scsdpo fit --config configs/tiny/scsdpo.yaml --print_config` prints a whole configuration.
+Errors before training are one line; LIT_SCSDPO_TRACEBACK=1 shows the full traceback.
+Docs: README.md and docs/ in the repository."""
+
+_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``["--model.init_args.optim.lr", "-1e-5"]`` -> ``["--model.init_args.optim.lr=-1e-5"]``:
+    argparse reads a token such as ``-1e-5`` as an option, not as the previous option's value."""
+    out: list[str] = []
+    for token in argv:
+        if out and _NUMBER.match(token) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """``exc``, or, when the argument parser wrapped it (jsonargparse reports an error in a
+    class's ``__init__`` as a 70-line "Union" report), the first exception of its chain that
+    was not raised inside the parser."""
+    seen: list[BaseException] = []
+    e: Optional[BaseException] = exc
+    while e is not None and e not in seen and len(seen) < 32:
+        frames = traceback.extract_tb(e.__traceback__)
+        if not frames or "jsonargparse" not in frames[-1].filename:
+            return e
+        seen.append(e)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return exc
+
+
+def one_line(exc: BaseException) -> str:
+    cause = root_cause(exc)
+    text = (str(cause).strip().splitlines() or [""])[0].strip()
+    plain = isinstance(cause, (ValueError, OSError, ImportError)) and text
+    return text if plain else f"{type(cause).__name__}: {text}".rstrip(": ")
+
+
+def condense_parser_message(message: str) -> str:
+    """The line of a jsonargparse error that says what is wrong."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    key = re.search(r'Parser key "([^"]+)"', message)
+    unknown = re.search(r'No action for key "([^"]+)"', message)
+    if unknown:
+        where = f" under {key.group(1)}" if key else ""
+        return f"unknown option {unknown.group(1)!r}{where} (misspelt, or not an argument of the class given)"
+    skip = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>",
+            "Parser key")
+    detail = [ln.lstrip("- ") for ln in lines if not ln.startswith(skip)]
+    head = f"{key.group(1)}: " if key else ""
+    if detail:
+        specific = [d for d in detail if not d.startswith("Problem with given class_path")]
+        return head + (specific[-1] if specific else detail[0])
+    return lines[0] if lines else "invalid arguments"
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """``lit-scsdpo``: returns None on success (exit status 0)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(HELP)
+        return
+    if argv[0] in ("export", "consolidate"):  # checkpoint tools, not LightningCLI subcommands
+        from .checkpoints import main as checkpoints_main
+
+        return checkpoints_main(argv)
+    argv = join_negative_values(argv)
+    from . import cli
+
+    try:
+        cli.run(argv)
+    except Exception as exc:  # noqa: BLE001 - shown as one line only before training starts
+        if os.environ.get(TRACEBACK_ENV) or cli.training_started():
+            raise
+        sys.stderr.write(f"lit-scsdpo {argv[0]}: error: {one_line(exc)}\n"
+                         f"hint: nothing was written; {TRACEBACK_ENV}=1 shows the full traceback\n")
+        sys.exit(1)
+    finally:
+        cli.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
