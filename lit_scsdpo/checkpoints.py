@@ -185,6 +185,13 @@ def _save_hf(weights: dict[str, torch.Tensor], base: str, out: Path, dtype: torc
         pass  # the base has no generation_config.json: keep the one derived from its config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # transformers writes the weights through a private temporary file (mode 0600); give every
+    # file the mode the user's umask gives new files, like the config files beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
 
 
 def export_hf(ckpt_path: PathLike, out_dir: PathLike, teacher: bool = False, dtype: str = "float32",

@@ -103,8 +103,10 @@ def main(args: Optional[list[str]] = None) -> None:
     argv = join_negative_values(argv)
     from . import cli
 
+    if args is None:  # the command line: Lightning re-launches sys.argv for the other ranks (DDP)
+        sys.argv[1:] = argv
     try:
-        cli.run(argv)
+        cli.run(None if args is None else argv)
     except Exception as exc:  # noqa: BLE001 - shown as one line only before training starts
         if os.environ.get(TRACEBACK_ENV) or cli.training_started():
             raise

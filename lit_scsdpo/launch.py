@@ -54,7 +54,9 @@ SAFE_ON_RESUME = (
 #: hardware keys: applied on resume, with the note that the rollouts then differ
 LAYOUT_KEYS = ("trainer.devices", "trainer.num_nodes", "trainer.strategy*")
 #: not part of a run's configuration
-NOT_COMPARED = ("config", "ckpt_path", "weights_from", "print_config", "subcommand", "__path__")
+NOT_COMPARED = ("config", "ckpt_path", "weights_from", "print_config", "subcommand", "__path__",
+                # set by the CLI itself on a resume (the same log folder, events after the checkpoint hidden)
+                "trainer.logger.init_args.version", "trainer.logger.init_args.purge_step")
 
 
 # ------------------------------------------------------------------ checkpoints
