@@ -13,7 +13,8 @@ from .test_cli import CONFIGS, read_scalars, run_cli, small_overrides
 pytestmark = pytest.mark.slow
 
 # warnings a user cannot act on, silenced by the CLI (see lit_scsdpo.cli._silence_warnings)
-NOISE = ["LeafSpec", "module(s) in eval mode", "litlogger"]
+NOISE = ["LeafSpec", "module(s) in eval mode", "litlogger", "has `__len__` defined", "smaller than the logging interval",
+         "dirpath has changed", "Loading weights", "Generating train split"]
 
 
 @pytest.mark.parametrize("args", [["--optimizer", "SGD"], ["--lr_scheduler.class_path", "torch.optim.lr_scheduler.StepLR"]])

@@ -108,6 +108,8 @@ def test_export_cli_reproduces_policy_and_teacher(trained, tiny_model_path, tmp_
     assert digest(ckpt) == before  # the input is only read
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"):
         assert (out / name).is_file() and (out / "teacher" / name).is_file(), name
+    # every file the same mode (transformers writes the weights through a 0600 temporary file)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777
 
     with torch.no_grad():
         for folder, reference in ((out, module.policy), (out / "teacher", module.teacher.weights)):
