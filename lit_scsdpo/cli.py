@@ -346,11 +346,8 @@ class RLCLI(LightningCLI):
             expected = os.path.abspath(os.path.join(str(args.get("save_dir") or "lightning_logs"),
                                                     str(args.get("name") or "lightning_logs")))
             if os.path.dirname(run_dir) == expected and os.path.basename(run_dir).startswith("version_"):
-                import torch
-
-                # a file, or a sharded folder (its meta.pt holds the loops and the step)
-                meta = os.path.join(str(ckpt), "meta.pt") if os.path.isdir(str(ckpt)) else str(ckpt)
-                state = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
+                # read once, before anything loaded (_parse_ckpt_path): the loops and the step
+                state = self._ckpt_meta or launch.read_checkpoint_meta(str(ckpt))
                 args.version = os.path.basename(run_dir)
                 args.purge_step = int(state.get("global_step", 0)) + 1
 
