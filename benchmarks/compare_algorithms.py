@@ -1,6 +1,6 @@
 """GRPO vs SDPO vs SC-SDPO on the embedded default: same model, data, steps; several seeds.
 
-Each (algorithm, seed) run is ``lit-scsdpo fit --config configs/tiny/<algo>.yaml`` in a
+Each (algorithm, seed) run is ``lit-scsdpo fit --config configs/tiny/base.yaml --config configs/tiny/<algo>.yaml`` in a
 subprocess (``--parallel`` at a time, one torch thread each), with validation every
 ``--val-every`` steps; the start value comes from ``lit-scsdpo validate`` on the initial
 model with the same seed. Afterwards the TensorBoard events and ``curriculum.csv`` of every
@@ -46,7 +46,7 @@ def cli(args: list[str], log: Path) -> float:
 
 
 def common(algo: str, seed: int, run_dir: Path, opts) -> list[str]:
-    return ["--config", str(ROOT / "configs" / "tiny" / f"{algo}.yaml"), "--seed_everything", str(seed),
+    return ["--config", str(ROOT / "configs" / "tiny" / "base.yaml"), "--config", str(ROOT / "configs" / "tiny" / f"{algo}.yaml"), "--seed_everything", str(seed),
             "--data.seed", str(seed), "--threads", "1",
             "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "run",
             "--data.val_samples", str(opts.val_samples), *opts.overrides]

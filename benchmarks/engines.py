@@ -48,7 +48,7 @@ def measure(model_path: str, engine_name: str, prompts: int, n: int, tokens: int
 
     torch.set_num_threads(1)
     from lit_scsdpo.chat import render_prompt
-    from lit_scsdpo.module import load_policy
+    from lit_scsdpo.policy import load_policy
     from lit_scsdpo.rollout import HFGenerateEngine, SamplingConfig, VLLMEngine
 
     tok, policy = load_policy(model_path, "float32")

@@ -4,8 +4,8 @@ Runs ``lit-scsdpo fit`` in-process for a few epochs (validation off) and reads t
 ``time/*`` scalars back from TensorBoard: generate, score, teacher (SDPO), student forward,
 backward, optimizer. The first epoch (warm-up, allocator growth) is reported separately.
 
-    python benchmarks/epoch_phases.py --config configs/tiny/scsdpo.yaml --epochs 6
-    python benchmarks/epoch_phases.py --config configs/tiny/sdpo.yaml -- --model.init_args.model_name_or_path /tmp/m
+    python benchmarks/epoch_phases.py --config configs/tiny/base.yaml --config configs/tiny/scsdpo.yaml --epochs 6
+    python benchmarks/epoch_phases.py --config configs/tiny/base.yaml --config configs/tiny/sdpo.yaml -- --model.init_args.model_name_or_path /tmp/m
 """
 
 from __future__ import annotations

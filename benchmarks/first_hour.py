@@ -65,7 +65,7 @@ def main() -> None:
         return out, time.time() - t0
 
     # the run a user resumes: GRPO, 2 steps, checkpoint at the end
-    base = ["fit", "--config", str(cfg / "grpo.yaml"), *SMALL, "--trainer.logger.init_args.save_dir", str(logs)]
+    base = ["fit", "--config", str(cfg / "base.yaml"), "--config", str(cfg / "grpo.yaml"), *SMALL, "--trainer.logger.init_args.save_dir", str(logs)]
     out, _ = cli(base)
     if out.returncode != 0:
         sys.exit(f"base run failed:\n{out.stderr[-3000:]}")
@@ -91,27 +91,27 @@ def main() -> None:
     garbage.write_bytes(b"\xdc" * 4096)
 
     poison = ["--model.init_args.model_name_or_path", str(poisoned)]
-    fresh = ["fit", "--config", str(cfg / "sdpo.yaml"), *SMALL, "--trainer.logger.init_args.save_dir",
+    fresh = ["fit", "--config", str(cfg / "base.yaml"), "--config", str(cfg / "sdpo.yaml"), *SMALL, "--trainer.logger.init_args.save_dir",
              str(work / "fresh")]
 
     def mcq(path):
         return ["--data.task", "lit_scsdpo.tasks.files.MultipleChoiceTask", "--data.task.init_args.name", "mcq",
                 "--data.task.init_args.test_file", str(path), "--data.task.init_args.train_file", str(path)]
 
-    fresh_mcq = ["fit", "--config", str(cfg / "sdpo.yaml"), "--trainer.max_epochs", "1",
+    fresh_mcq = ["fit", "--config", str(cfg / "base.yaml"), "--config", str(cfg / "sdpo.yaml"), "--trainer.max_epochs", "1",
                  "--trainer.logger.init_args.save_dir", str(work / "fresh")]
-    pc = src / "configs" / "paper"  # run from a folder without ../shared/data beside it
+    pc = src / "configs" / "paper"  # run from the scratch folder, which has no data/tooluse/ in it
     paper = ["fit", "--config", str(pc / "base.yaml"), "--config", str(pc / "model/qwen3_8b.yaml"),
-             "--config", str(pc / "algo/sdpo.yaml"), "--config", str(pc / "task/chemistry.yaml"),
+             "--config", str(pc / "algo/sdpo.yaml"), "--config", str(pc / "task/tooluse.yaml"),
              "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
     probes = {
         # defects
-        "resume with another algorithm's config": (["fit", "--config", str(cfg / "sdpo.yaml"), *SMALL,
+        "resume with another algorithm's config": (["fit", "--config", str(cfg / "base.yaml"), "--config", str(cfg / "sdpo.yaml"), *SMALL,
                                                     "--trainer.logger.init_args.save_dir", str(logs),
                                                     "--ckpt_path", str(ckpt), "--trainer.max_epochs", "3"], None),
         "resume with a new lr and eps_high": ([*base, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "3",
                                               "--model.init_args.optim.lr", "1e-3",
-                                              "--model.init_args.eps_high", "0.5"], None),
+                                              "--model.init_args.grpo.eps_high", "0.5"], None),
         "resume with rollouts_per_question 1": ([*base, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "3",
                                                 "--data.rollouts_per_question", "1"], None),
         "data.questions_per_step 0": ([*fresh, *poison, "--data.questions_per_step", "0"], None),
@@ -158,7 +158,7 @@ def main() -> None:
 
     # TensorBoard: a 2-step run with the shipped log_every_n_steps (5)
     tb = work / "tb"
-    out, _ = cli(["fit", "--config", str(cfg / "grpo.yaml"), *SMALL, "--trainer.logger.init_args.save_dir", str(tb)])
+    out, _ = cli(["fit", "--config", str(cfg / "base.yaml"), "--config", str(cfg / "grpo.yaml"), *SMALL, "--trainer.logger.init_args.save_dir", str(tb)])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     steps = {}

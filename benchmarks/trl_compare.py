@@ -37,14 +37,16 @@ PHASES = ["generate", "score", "reprompt", "teacher", "student", "optimizer"]
 #: (numerator, denominator) of the reported ratios of median s/step
 RATIOS = [("ours-grpo", "trl-grpo"), ("ours-sdpo", "trl-sdpo"), ("ours-scsdpo", "trl-sdpo"),
           ("ours-sdpo", "ours-grpo")]
-#: SC-SDPO = SDPO + this callback, as in configs/tiny/scsdpo.yaml
+#: SC-SDPO = SDPO + this callback, as in configs/tiny/scsdpo.yaml (after configs/tiny/base.yaml)
 DIFFICULTY_CALLBACK = {"class_path": "lit_scsdpo.callbacks.DifficultyWeighting",
                        "init_args": {"exponent": 0.5, "normalization": "batch_mean", "scope": "all"}}
 
 
 # ---------------------------------------------------------------------------------------- shared
-def _config(algo: str) -> str:
-    return str(REPO / "configs" / "tiny" / f"{algo}.yaml")
+def _configs(algo: str) -> list[str]:
+    """``--config`` arguments of the embedded default for ``algo`` (base.yaml, then its file)."""
+    tiny = REPO / "configs" / "tiny"
+    return ["--config", str(tiny / "base.yaml"), "--config", str(tiny / f"{algo}.yaml")]
 
 
 def _task_and_questions(s: dict[str, Any]):
@@ -55,7 +57,7 @@ def _task_and_questions(s: dict[str, Any]):
 
     from lit_scsdpo.tasks import ArithmeticTask
 
-    with open(_config("grpo")) as f:
+    with open(REPO / "configs" / "tiny" / "base.yaml") as f:
         data_cfg = yaml.safe_load(f)["data"]
     task = ArithmeticTask(**data_cfg["task"].get("init_args", {}))
     train = task.rows("train")
@@ -119,7 +121,7 @@ def child_ours(job: str, s: dict[str, Any], out: str) -> None:
 
     def on_train_epoch_end(self) -> None:  # one epoch = one rollout batch = one optimizer step
         now = time.perf_counter()
-        st, stats = dict(self._step_time), self.trainer.datamodule.current.stats
+        st, stats = dict(self.accounting.times), self.trainer.datamodule.current.stats
         teacher = st.get("teacher", 0.0)
         steps.append({
             "wall": None if last[0] is None else now - last[0],
@@ -128,7 +130,7 @@ def child_ours(job: str, s: dict[str, Any], out: str) -> None:
             "student": acc["compute_loss"] - acc["reprompt"] - teacher + st.get("backward", 0.0),
             "optimizer": st.get("optimizer", 0.0),
             "reward": stats["reward_mean"], "response_length": stats["response_length"],
-            "distill_fraction": _mean(self._step_metrics.get("reprompt_fraction", [])),
+            "distill_fraction": _mean(self.accounting.metrics.get("reprompt_fraction", [])),
             "questions": sorted(r["question"] for r in self.trainer.datamodule.current.rows),
         })
         acc.clear()
@@ -138,7 +140,7 @@ def child_ours(job: str, s: dict[str, Any], out: str) -> None:
 
     callbacks = json.dumps([DIFFICULTY_CALLBACK]) if algo == "scsdpo" else "null"
     args = [
-        "fit", "--config", _config(algo), "--seed_everything", str(s["seed"]), "--threads", "1",
+        "fit", *_configs(algo), "--seed_everything", str(s["seed"]), "--threads", "1",
         "--trainer.max_epochs", str(s["warmup"] + s["steps"]), "--trainer.limit_val_batches", "0",
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.logger", "false",
@@ -153,11 +155,11 @@ def child_ours(job: str, s: dict[str, Any], out: str) -> None:
         "--data.success_threshold", str(s["success_threshold"]),
     ]
     if algo == "grpo":
-        args += ["--model.init_args.kl_coef", "0.0", "--model.init_args.norm_adv_by_std", "false"]
+        args += ["--model.init_args.kl_coef", "0.0", "--model.init_args.grpo.norm_adv_by_std", "false"]
     else:
-        args += ["--model.init_args.alpha", str(s["alpha"]), "--model.init_args.topk", str(s["topk"]),
-                 "--model.init_args.teacher_mode", "ema", "--model.init_args.teacher_rate", str(s["teacher_rate"]),
-                 "--model.init_args.max_teacher_prompt_tokens", str(s["max_teacher_prompt_tokens"]),
+        args += ["--model.init_args.distillation.alpha", str(s["alpha"]), "--model.init_args.distillation.topk", str(s["topk"]),
+                 "--model.init_args.teacher.mode", "ema", "--model.init_args.teacher.rate", str(s["teacher_rate"]),
+                 "--model.init_args.reprompt.max_teacher_prompt_tokens", str(s["max_teacher_prompt_tokens"]),
                  "--model.init_args.grpo_lambda", "0.0"]
     cli.run(args)
     _finish(out, steps, {})

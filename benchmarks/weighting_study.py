@@ -1,7 +1,7 @@
 """Where pass-rate weighting should matter: SC-SDPO's weighting, its ablations, paired statistics.
 
 Every (arm, seed) run is ``lit-scsdpo fit`` on the worked-solution default
-(``configs/tiny/<grpo|sdpo>.yaml`` + ``configs/tiny/worked.yaml`` + the arm's own settings),
+(``configs/tiny/base.yaml`` + ``configs/tiny/<grpo|sdpo>.yaml`` + ``configs/tiny/worked.yaml`` + the arm's own settings),
 with the same budget (optimizer steps, B, G, lengths) for every arm, in a subprocess
 (``--parallel`` at a time, one torch thread each). Runs are paired by seed: the same seed
 gives every arm the same initial validation, the same training questions in the same order and
@@ -96,7 +96,8 @@ def run_one(arm: str, seed: int, opts) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "arm.yaml"
     config.write_text(yaml.safe_dump(arm_config(arm), sort_keys=False, allow_unicode=True))
-    args = ["fit", "--config", str(ROOT / "configs" / "tiny" / f"{ARMS[arm][0]}.yaml"),
+    args = ["fit", "--config", str(ROOT / "configs" / "tiny" / "base.yaml"),
+            "--config", str(ROOT / "configs" / "tiny" / f"{ARMS[arm][0]}.yaml"),
             "--config", str(ROOT / "configs" / "tiny" / "worked.yaml"), "--config", str(config),
             "--seed_everything", str(seed), "--data.seed", str(seed), "--threads", "1",
             "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", "run",

@@ -9,10 +9,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "GRPO": "module", "SDPO": "module", "PolicyOptimization": "module", "OptimConfig": "module",
-    "RolloutCorrection": "module", "RolloutDataModule": "data", "RolloutBatch": "data",
+    "GRPO": "module", "SDPO": "module", "PolicyOptimization": "module", "OptimConfig": "config",
+    "RolloutCorrection": "config", "GRPOConfig": "config", "DistillationConfig": "config",
+    "TeacherConfig": "config", "RepromptConfig": "config", "RepromptTemplates": "config",
+    "RolloutDataModule": "data", "RolloutBatch": "data",
     "DifficultyWeighting": "callbacks", "RunCheckpoint": "callbacks", "SelfTeacher": "teacher",
-    "RepromptTemplates": "teacher",
 }
 __all__ = [*_EXPORTS, "interrupt", "sharding"]
 

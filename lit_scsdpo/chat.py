@@ -1,7 +1,7 @@
 """Chat rendering shared by the student prompts and the teacher reprompts.
 
 Both sides go through :func:`render_prompt`, so the chat template and its kwargs
-(``enable_thinking``) are identical for student and teacher (pitfalls 11). The template is
+(``enable_thinking``) are identical for student and teacher (docs/pitfalls.md#11). The template is
 rendered to text and then tokenised without extra special tokens, which gives the same ids
 across transformers 4.x and 5.x (whose ``apply_chat_template(tokenize=True)`` return types
 differ).

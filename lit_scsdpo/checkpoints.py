@@ -234,8 +234,10 @@ def export_hf(ckpt_path: PathLike, out_dir: PathLike, teacher: bool = False, dty
     if teacher:
         if not teacher_weights:
             raise ValueError(f"checkpoint {str(src)!r}: no teacher weights ('{TEACHER_PREFIX}*'): only SDPO runs "
-                             f"with teacher_mode ema or frozen have them")
-        if hparams.get("teacher_mode") == "trust_region":
+                             f"with teacher.mode ema or frozen have them")
+        teacher_cfg = hparams.get("teacher")
+        mode = teacher_cfg.get("mode") if isinstance(teacher_cfg, dict) else getattr(teacher_cfg, "mode", None)
+        if mode == "trust_region":
             raise ValueError(f"checkpoint {str(src)!r}: the trust_region teacher mixes the logits of the initial "
                              f"and the current policy; it is not one set of weights")
     base = resolve_model_path(base_name)

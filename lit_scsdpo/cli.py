@@ -1,8 +1,8 @@
 """``lit-scsdpo``: LightningCLI over the policy-optimisation modules and the rollout DataModule.
 
-    lit-scsdpo fit --config configs/tiny/scsdpo.yaml
-    lit-scsdpo validate --config configs/tiny/scsdpo.yaml --ckpt_path <ckpt>
-    lit-scsdpo fit --print_config --config configs/tiny/sdpo.yaml
+    lit-scsdpo fit --config configs/tiny/base.yaml --config configs/tiny/scsdpo.yaml
+    lit-scsdpo validate --config configs/tiny/base.yaml --config configs/tiny/scsdpo.yaml --ckpt_path <ckpt>
+    lit-scsdpo fit --print_config --config configs/tiny/base.yaml --config configs/tiny/sdpo.yaml
 
 The module is chosen by class (``model.class_path``: ``lit_scsdpo.GRPO`` or ``lit_scsdpo.SDPO``
 or your own subclass of ``PolicyOptimization``); SC-SDPO is SDPO plus the

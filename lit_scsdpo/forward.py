@@ -13,7 +13,7 @@ This room computes exactly those, two ways:
   each layer gathers its rows' prefix keys/values for the one response forward and drops them.
 
 Both return ``[n, T, V]`` logits or ``[n, T, H]`` final hidden states, equal up to float
-rounding (tests/test_forward.py); position ids skip the left padding in both (pitfalls 10).
+rounding (tests/test_forward.py); position ids skip the left padding in both (docs/pitfalls.md#10).
 """
 
 from __future__ import annotations

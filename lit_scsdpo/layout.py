@@ -2,7 +2,7 @@
 
 Prompts are left-padded to a common width ``P`` and responses right-padded after them, so
 response position ``t`` sits at column ``P + t`` in every row; position ids come from the
-attention mask (pitfalls 10). One implementation, so the three places cannot drift apart.
+attention mask (docs/pitfalls.md#10). One implementation, so the three places cannot drift apart.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """The loss core: pure tensor functions for GRPO, SDPO and SC-SDPO.
 
 Every formula of the package lives here once. This module imports only torch, so it can be
-tested, read and copied on its own. References are to ``paper-spec.md`` (section numbers)
+tested, read and copied on its own. References are to ``docs/specification.md`` (section numbers)
 and to the papers: SDPO (arXiv 2601.20802) and SC-SDPO (arXiv 2605.27765).
 
 Conventions
 -----------
 * ``B`` questions, ``G`` rollouts per question, ``N = B*G`` sequences, ``T`` response
   positions, ``V`` vocabulary size.
-* All divergence maths runs in fp32 whatever the input dtype (pitfalls 1).
+* All divergence maths runs in fp32 whatever the input dtype (docs/pitfalls.md#1).
 * "Per-token" functions return an ``[..., T]`` tensor; the aggregation functions turn it into
   a scalar that is this shard's *contribution* to the global loss: contributions of all
   micro-batches and ranks **sum** to the global loss, given global normalisers
@@ -28,7 +28,6 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "Reduce",
     "local_reduce",
-    "distributed_reduce",
     "pass_rates",
     "raw_difficulty_weights",
     "normalize_weights",
@@ -38,7 +37,14 @@ __all__ = [
     "distillation_loss",
     "chunked_distillation_loss",
     "token_level_distillation_loss",
+    "SDPO_ESTIMATORS",
+    "self_distillation_loss",
+    "distillation_diagnostics",
+    "sampled_logprobs",
+    "token_stats",
+    "chunked_token_stats",
     "importance_ratio",
+    "truncated_is_weights",
     "group_advantages",
     "ppo_clipped_surrogate",
     "kl_to_reference",
@@ -47,6 +53,55 @@ __all__ = [
     "global_normalizer",
     "aggregate_loss",
 ]
+
+# ---------------------------------------------------------------------------------------
+# Sampled-token statistics: the log-prob of each sampled token and the entropy of its
+# distribution, for the student, the teacher and the GRPO reference alike
+# ---------------------------------------------------------------------------------------
+
+
+def _gather(logp_all: Tensor, targets: Tensor) -> Tensor:
+    return logp_all.gather(-1, targets[..., None]).squeeze(-1)
+
+
+def _entropy(logp_all: Tensor) -> Tensor:
+    return -(logp_all.exp() * logp_all).sum(-1)
+
+
+def sampled_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """``log softmax(logits)[targets]``: ``[..., V]`` logits (already divided by the sampling
+    temperature) and ``[...]`` token ids to ``[...]`` float32 log-probs."""
+    return _gather(torch.log_softmax(logits.float(), dim=-1), targets)
+
+
+def token_stats(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Sampled-token log-probs (with grad) and entropies (detached) from ``[..., V]`` logits
+    (already divided by the temperature), in float32, with one log-softmax."""
+    logp_all = torch.log_softmax(logits.float(), dim=-1)
+    with torch.no_grad():
+        entropy = _entropy(logp_all)
+    return _gather(logp_all, targets), entropy
+
+
+def chunked_token_stats(hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, temperature: float,
+                        chunk_size: int) -> tuple[Tensor, Tensor]:
+    """:func:`token_stats` from ``[n, T, H]`` final hidden states and the LM ``head``, over
+    chunks of ``chunk_size`` positions recomputed in the backward pass, so the ``[T, V]``
+    logits never exist at once (docs/performance.md)."""
+    n, T, H = hidden.shape
+    h, y = hidden.reshape(-1, H), targets.reshape(-1)
+
+    def stats(h_c: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
+        return token_stats(head(h_c).float() / temperature, y_c)
+
+    logps, ents = [], []
+    for start in range(0, h.shape[0], chunk_size):
+        h_c, y_c = h[start : start + chunk_size], y[start : start + chunk_size]
+        lp, ent = checkpoint(stats, h_c, y_c, use_reentrant=False) if torch.is_grad_enabled() else stats(h_c, y_c)
+        logps.append(lp)
+        ents.append(ent)
+    return torch.cat(logps).view(n, T), torch.cat(ents).view(n, T)
+
 
 # ---------------------------------------------------------------------------------------
 # Global reductions (injectable so that DDP/FSDP and single-process tests share one code path)
@@ -65,40 +120,14 @@ def local_reduce(tensor: Tensor, op: ReduceOp) -> Tensor:
     return tensor
 
 
-def distributed_reduce(group: Optional[object] = None) -> Reduce:
-    """A :data:`Reduce` over ``torch.distributed`` ranks of ``group`` (default: the world).
-
-    Falls back to :func:`local_reduce` when ``torch.distributed`` is not initialised, so the
-    same code runs on one CPU process and under DDP/FSDP.
-    """
-
-    def reduce(tensor: Tensor, op: ReduceOp) -> Tensor:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return local_reduce(tensor, op)
-        # NCCL reduces only CUDA tensors: CPU values (counts, rewards) travel through the GPU
-        comm = (torch.device("cuda", torch.cuda.current_device())
-                if tensor.device.type == "cpu" and dist.get_backend(group) == "nccl" else tensor.device)
-        out = tensor.detach().to(comm, copy=True)
-        dist_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
-        dist.all_reduce(out, op=dist_op, group=group)
-        return out.to(tensor.device)
-
-    return reduce
-
-
-def _as_reduce(reduce: Union[Reduce, object, None]) -> Reduce:
-    """Accept a :data:`Reduce` callable, a ``torch.distributed`` process group, or ``None``."""
-    if reduce is None:
-        return local_reduce
-    if callable(reduce):
-        return reduce  # type: ignore[return-value]
-    return distributed_reduce(reduce)
+def _as_reduce(reduce: Optional[Reduce]) -> Reduce:
+    """A :data:`Reduce` callable, or None for one process. Data-parallel code passes
+    ``lit_scsdpo.distributed.distributed_reduce()``: this module never calls ``torch.distributed``."""
+    return local_reduce if reduce is None else reduce
 
 
 # ---------------------------------------------------------------------------------------
-# SC-SDPO pass-rate weights (paper-spec §3.3 steps 2-4, §3.4, §7 items 1-4)
+# SC-SDPO pass-rate weights (docs/specification.md §3.3 steps 2-4, §3.4, §7 items 1-4)
 # ---------------------------------------------------------------------------------------
 
 WeightNormalization = Literal["batch_mean", "none", "sum", "max"]
@@ -106,12 +135,12 @@ WeightScope = Literal["all", "active"]
 
 
 def pass_rates(rewards: Tensor, threshold: float = 0.5) -> Tensor:
-    """Per-question pass rate ``p̂_q = (1/G) Σ_i 1[r_{q,i} ≥ τ]`` (paper-spec §3.3 step 2).
+    """Per-question pass rate ``p̂_q = (1/G) Σ_i 1[r_{q,i} ≥ τ]`` (docs/specification.md §3.3 step 2).
 
     Args:
         rewards: ``[B, G]`` rewards of the G rollouts of each question (the same rollouts
-            that are trained on: the "zero-cost by-product", ambiguity A3).
-        threshold: success threshold τ; SDPO's ``success_reward_threshold`` = 0.5 (A4).
+            that are trained on: the "zero-cost by-product", docs/specification.md A3).
+        threshold: success threshold τ; SDPO's ``success_reward_threshold`` = 0.5 (docs/specification.md A4).
 
     Returns:
         ``[B]`` float32 pass rates in ``{0, 1/G, ..., 1}``.
@@ -124,14 +153,14 @@ def pass_rates(rewards: Tensor, threshold: float = 0.5) -> Tensor:
 def raw_difficulty_weights(
     p_hat: Tensor, exponent: float = 0.5, binary: bool = False, floor: float = 0.0
 ) -> Tensor:
-    """Raw per-question weight ``ŵ_q = (p̂_q (1 − p̂_q))^exponent`` (SC-SDPO, paper-spec §3.3 step 3).
+    """Raw per-question weight ``ŵ_q = (p̂_q (1 − p̂_q))^exponent`` (SC-SDPO, docs/specification.md §3.3 step 3).
 
     Args:
         p_hat: ``[B]`` pass rates in [0, 1].
         exponent: 0.5 = SC-SDPO's ``sqrt(p(1-p))`` (default, the paper); 1.0 = reward variance
             ``p(1-p)`` (Dr.GRPO-style scale); 0.0 = uniform, i.e. plain SDPO (every question 1).
         binary: if True, ignore ``exponent`` and use ``1[0 < p̂ < 1]`` (DAPO-style filter).
-        floor: lower bound on every raw weight (default 0, no floor: ambiguity A5).
+        floor: lower bound on every raw weight (default 0, no floor: docs/specification.md A5).
 
     Returns:
         ``[B]`` detached float32 weights. ``sqrt`` weights are in [0, 0.5].
@@ -158,10 +187,10 @@ def normalize_weights(
     mode: WeightNormalization = "batch_mean",
     scope: WeightScope = "all",
     active: Optional[Tensor] = None,
-    reduce: Union[Reduce, object, None] = None,
+    reduce: Optional[Reduce] = None,
     eps: float = 1e-8,
 ) -> Tensor:
-    """Batch-adaptive normalisation of question weights (paper-spec §3.3 step 4, ⚠ A1, A14).
+    """Batch-adaptive normalisation of question weights (docs/specification.md §3.3 step 4, ⚠ A1, A14).
 
     Args:
         raw: ``[B_local]`` raw weights of this rank's questions.
@@ -174,9 +203,9 @@ def normalize_weights(
             batch (default) or only ``active`` ones (with ≥ 1 unmasked rollout). With
             ``active``, inactive questions get weight 0.
         active: ``[B_local]`` bool, required for ``scope='active'``.
-        reduce: the global reduction over data-parallel ranks: a :data:`Reduce` callable, a
-            ``torch.distributed`` process group, or None (one process).
-        eps: 1e-8 (paper-spec §3.3).
+        reduce: the global reduction over data-parallel ranks (a :data:`Reduce` callable,
+            e.g. ``lit_scsdpo.distributed.distributed_reduce()``), or None (one process).
+        eps: 1e-8 (docs/specification.md §3.3).
 
     Returns:
         ``[B_local]`` detached float32 weights; with ``batch_mean`` over ``all`` they lie in
@@ -218,7 +247,7 @@ def difficulty_weights(
     mode: WeightNormalization = "batch_mean",
     scope: WeightScope = "all",
     active: Optional[Tensor] = None,
-    reduce: Union[Reduce, object, None] = None,
+    reduce: Optional[Reduce] = None,
     eps: float = 1e-8,
 ) -> Tensor:
     """SC-SDPO question weights from ``[B, G]`` rewards: :func:`pass_rates`, then
@@ -228,7 +257,7 @@ def difficulty_weights(
 
 
 # ---------------------------------------------------------------------------------------
-# Distillation divergences (paper-spec §1.3, §7 items 6-7; pitfalls 1-3)
+# Distillation divergences (docs/specification.md §1.3, §7 items 6-7; docs/pitfalls.md#1 to #3)
 # ---------------------------------------------------------------------------------------
 
 
@@ -257,7 +286,7 @@ def topk_support(
     Args:
         student_logits: ``[..., V]`` (carries the gradient).
         teacher_logits: ``[..., V]`` (detached here: stop-gradient).
-        topk: K; 100 for science/tool use (paper-spec §1.8), 20 for LCB; None = full vocab.
+        topk: K; 100 for science/tool use (docs/specification.md §1.8), 20 for LCB; None = full vocab.
             K larger than V is clamped to V.
         add_tail: append the tail bucket (default True, SDPO's ``distillation_add_tail``).
         temperature: applied to both sides (the rollout temperature, 1.0 in the paper).
@@ -298,7 +327,7 @@ def _kl(logp: Tensor, logq: Tensor) -> Tensor:
 
 
 def generalized_jsd(student_logp: Tensor, teacher_logp: Tensor, alpha: float = 0.5) -> Tensor:
-    """Generalised Jensen–Shannon divergence, summed over the support (paper-spec §1.3).
+    """Generalised Jensen–Shannon divergence, summed over the support (docs/specification.md §1.3).
 
     * ``alpha = 0``: ``KL(teacher ‖ student)`` ("forward KL");
     * ``alpha = 1``: ``KL(student ‖ teacher)`` ("reverse KL", the paper's Eq. 1 direction);
@@ -307,7 +336,8 @@ def generalized_jsd(student_logp: Tensor, teacher_logp: Tensor, alpha: float = 0
       science and tool use.
 
     Args:
-        student_logp, teacher_logp: ``[..., S]`` log-probabilities over the same support.
+        student_logp: ``[..., S]`` the student's log-probabilities over the support.
+        teacher_logp: ``[..., S]`` the teacher's, over the same support.
         alpha: mixing weight in [0, 1].
 
     Returns:
@@ -316,7 +346,7 @@ def generalized_jsd(student_logp: Tensor, teacher_logp: Tensor, alpha: float = 0
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     s, t = student_logp.float(), teacher_logp.float()
-    if alpha == 0.0:  # log(α) = -inf: branch to pure KL (pitfalls 1)
+    if alpha == 0.0:  # log(α) = -inf: branch to pure KL (docs/pitfalls.md#1)
         return _kl(t, s)
     if alpha == 1.0:
         return _kl(s, t)
@@ -340,8 +370,12 @@ def distillation_loss(
     Defaults follow the science/tool-use setting: JSD α=0.5, student top-100 + tail, T=1.
 
     Args:
-        student_logits, teacher_logits: ``[..., V]`` logits at the response positions (the
-            teacher's already aligned to the student's positions). Any float dtype.
+        student_logits: ``[..., V]`` the student's logits at the response positions, any float dtype.
+        teacher_logits: ``[..., V]`` the teacher's, aligned to the student's positions.
+        alpha: generalised-JSD mixing (:func:`generalized_jsd`).
+        topk: the student's top-K support (:func:`topk_support`); None: the full vocabulary.
+        add_tail: add the tail bucket to the support.
+        temperature: divides both logits.
 
     Returns:
         ``[...]`` float32 per-token loss; the teacher receives no gradient.
@@ -366,7 +400,7 @@ def chunked_distillation_loss(
     The logits ``[T, V]`` of both models are never materialised at once: each chunk of
     ``chunk_size`` positions is projected by its head, reduced to its per-token loss, and
     recomputed in the backward pass (activation checkpointing). Peak extra memory is thus
-    ``O(chunk_size × V)`` instead of ``O(T × V)`` (pitfalls 18-19).
+    ``O(chunk_size × V)`` instead of ``O(T × V)`` (docs/pitfalls.md#18, #19).
 
     Args:
         student_hidden: ``[..., H]`` student hidden states at the response positions (grad).
@@ -374,7 +408,10 @@ def chunked_distillation_loss(
         teacher_hidden: ``[..., H]`` teacher hidden states at the same positions (no grad).
         teacher_head: the teacher's head.
         chunk_size: positions per chunk (over the flattened leading dims).
-        alpha, topk, add_tail, temperature: as in :func:`distillation_loss`.
+        alpha: as in :func:`distillation_loss`.
+        topk: as in :func:`distillation_loss`.
+        add_tail: as in :func:`distillation_loss`.
+        temperature: as in :func:`distillation_loss`.
 
     Returns:
         ``[...]`` float32 per-token loss, identical to the unchunked computation.
@@ -408,7 +445,7 @@ def chunked_distillation_loss(
 
 
 def token_level_distillation_loss(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
-    """Token-level (sampled-token, non-logit) SDPO estimator (paper-spec §1.3, reverse KL only).
+    """Token-level (sampled-token, non-logit) SDPO estimator (docs/specification.md §1.3, reverse KL only).
 
     ``ℓ_t = stopgrad(log π_θ(y_t) − log q(y_t)) · log π_θ(y_t)``: a REINFORCE estimator whose
     gradient in expectation over ``y_t ~ π_θ`` is that of ``KL(π_θ ‖ q)``. Its *value* is not
@@ -428,7 +465,7 @@ def importance_ratio(
 ) -> Tensor:
     """SDPO's detached per-token IS weight ``min(exp(clamp(log π − log π_old, ±20)), clip)``.
 
-    Paper-spec §1.4 and §7 item 9: ``is_clip = 2``; exactly 1 on-policy (``old = current``).
+    docs/specification.md §1.4 and §7 item 9: ``is_clip = 2``; exactly 1 on-policy (``old = current``).
     The same form serves the rollout-correction (TIS) weight with ``old_logp`` = the sampler's.
     """
     log_ratio = (logp.detach().float() - old_logp.detach().float()).clamp(
@@ -437,8 +474,81 @@ def importance_ratio(
     return log_ratio.exp().clamp(max=clip)
 
 
+def truncated_is_weights(old_logp: Tensor, sampler_logp: Tensor, cap: float = 2.0) -> tuple[Tensor, Tensor]:
+    """Rollout correction (TIS) for the sampler/trainer mismatch (docs/specification.md §1.4(2)): the
+    detached per-token weight ``min(π_old(y_t) / π_sampler(y_t), cap)`` and the untruncated
+    ratio (for diagnostics). Applied as ``aggregate_loss(..., token_weights=)``."""
+    raw = importance_ratio(old_logp, sampler_logp, clip=float("inf"))
+    return raw.clamp(max=cap), raw
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> float:
+    """``Σ m x / max(1, Σ m)`` as a float (for logged diagnostics)."""
+    return ((x * mask).sum() / mask.sum().clamp_min(1)).item()
+
+
 # ---------------------------------------------------------------------------------------
-# GRPO (paper-spec §1.8 "GRPO baseline", A12)
+# The SDPO per-token term, one function for its three estimators
+# ---------------------------------------------------------------------------------------
+
+SDPOEstimator = Literal["full", "chunked", "token"]
+SDPO_ESTIMATORS = ("full", "chunked", "token")
+
+
+def self_distillation_loss(
+    estimator: SDPOEstimator,
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    targets: Optional[Tensor] = None,
+    alpha: float = 0.5,
+    topk: Optional[int] = 100,
+    add_tail: bool = True,
+    student_head: Optional[Callable[[Tensor], Tensor]] = None,
+    teacher_head: Optional[Callable[[Tensor], Tensor]] = None,
+    chunk_size: Optional[int] = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """The per-token SDPO distillation term of the rows that have a teacher, ``[n, T]`` float32.
+
+    ``estimator`` chooses what ``student`` and ``teacher`` are:
+
+    * ``full`` (the paper's setting): ``[n, T, V]`` logits of both, already divided by the
+      temperature: :func:`distillation_loss` (generalised JSD on the student's top-K + tail);
+    * ``chunked``: the same loss from ``[n, T, H]`` final hidden states and the two LM heads,
+      over chunks of ``chunk_size`` positions (:func:`chunked_distillation_loss`); the
+      temperature is applied here;
+    * ``token``: ``student`` is the ``[n, T]`` log-prob of the sampled tokens (grad), ``teacher``
+      the teacher's ``[n, T, V]`` logits (divided by the temperature), ``targets`` the sampled
+      tokens: :func:`token_level_distillation_loss` (reverse KL only).
+    """
+    if estimator == "full":
+        return distillation_loss(student, teacher, alpha, topk, add_tail, 1.0)
+    if estimator == "chunked":
+        if student_head is None or teacher_head is None or chunk_size is None:
+            raise ValueError("the chunked estimator needs student_head, teacher_head and chunk_size")
+        return chunked_distillation_loss(student, student_head, teacher, teacher_head, chunk_size, alpha, topk,
+                                         add_tail, temperature)
+    if estimator == "token":
+        if targets is None:
+            raise ValueError("the token-level estimator needs the sampled tokens (targets)")
+        return token_level_distillation_loss(student, sampled_logprobs(teacher, targets))
+    raise ValueError(f"SDPO estimator must be one of {SDPO_ESTIMATORS}, got {estimator!r}")
+
+
+def distillation_diagnostics(teacher_logits: Tensor, targets: Tensor, mask: Tensor,
+                             student_logp: Tensor) -> dict[str, float]:
+    """The teacher's entropy and sampled-token log-prob, and the student's, over ``mask``: a
+    teacher that stops copying the demonstration shows here first."""
+    with torch.no_grad():
+        t_logp, t_entropy = token_stats(teacher_logits, targets)
+        return {"teacher_entropy": masked_mean(t_entropy, mask),
+                "teacher_logp_sampled": masked_mean(t_logp, mask),
+                "student_logp_sampled": masked_mean(student_logp.detach(), mask)}
+
+
+# ---------------------------------------------------------------------------------------
+# GRPO (docs/specification.md §1.8 "GRPO baseline", A12)
 # ---------------------------------------------------------------------------------------
 
 
@@ -449,7 +559,7 @@ def group_advantages(rewards: Tensor, norm_by_std: bool = False, eps: float = 1e
         rewards: ``[B, G]``.
         norm_by_std: divide by the group's (unbiased, as verl) standard deviation. Off by
             default: SDPO's GRPO baseline (Dr.GRPO style, ``norm_adv_by_std_in_grpo=False``).
-            SC-SDPO's theory refers to the normalised form; both are supported (A12).
+            SC-SDPO's theory refers to the normalised form; both are supported (docs/specification.md A12).
         eps: 1e-6 (verl).
 
     Returns:
@@ -533,7 +643,7 @@ def mix_losses(grpo_loss: Tensor, sdpo_loss: Tensor, lam: float = 0.0) -> Tensor
 
 
 # ---------------------------------------------------------------------------------------
-# Aggregation (paper-spec §1.6, A13; pitfalls 7-9)
+# Aggregation (docs/specification.md §1.6, A13; docs/pitfalls.md#7 to #9)
 # ---------------------------------------------------------------------------------------
 
 AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
@@ -543,13 +653,13 @@ AGGREGATION_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 def global_normalizer(
     mask: Tensor,
     mode: AggregationMode = "seq-mean-token-mean",
-    reduce: Union[Reduce, object, None] = None,
+    reduce: Optional[Reduce] = None,
 ) -> Tensor:
     """The global denominator of :func:`aggregate_loss` for the *whole* batch.
 
     Call it once per optimizer step on all of this rank's sequences (every micro-batch);
     ``reduce`` sums over ranks. ``token-mean``: the number of unmasked tokens (at least 1);
-    ``seq-mean-*``: the number of sequences ``N`` (masked sequences counted, paper-spec §1.6).
+    ``seq-mean-*``: the number of sequences ``N`` (masked sequences counted, docs/specification.md §1.6).
 
     Args:
         mask: ``[N, T]`` loss mask, or ``[N]`` per-sequence counts of unmasked tokens.
@@ -569,6 +679,7 @@ def aggregate_loss(
     mode: AggregationMode = "seq-mean-token-mean",
     normalizer: Optional[Union[Tensor, float]] = None,
     weights: Optional[Tensor] = None,
+    token_weights: Optional[Tensor] = None,
 ) -> Tensor:
     """Reduce a per-token loss ``[N, T]`` to this shard's contribution to the global loss.
 
@@ -588,6 +699,8 @@ def aggregate_loss(
             entries are *selected out* (not multiplied), so a NaN there cannot leak.
         weights: optional ``[N]`` per-sequence factors (SC-SDPO's ``w_q`` repeated over the
             G rollouts), applied before the reduction.
+        token_weights: optional ``[N, T]`` detached per-token factors (the rollout correction,
+            :func:`truncated_is_weights`), applied first.
 
     Returns:
         A scalar, exactly 0 and still attached to the graph when everything is masked.
@@ -596,6 +709,8 @@ def aggregate_loss(
         raise ValueError(f"per_token {tuple(per_token.shape)} and mask {tuple(mask.shape)} differ")
     if mode not in AGGREGATION_MODES:
         raise ValueError(f"aggregation mode must be one of {AGGREGATION_MODES}, got {mode!r}")
+    if token_weights is not None:
+        per_token = per_token * token_weights
     m = mask.bool()
     loss = torch.where(m, per_token.float(), per_token.new_zeros((), dtype=torch.float32))
     if weights is not None:

@@ -1,7 +1,7 @@
 """Validation metrics over n sampled answers per question: mean@k, pass@k and maj@k.
 
 The definitions are verl's, which SDPO uses and SC-SDPO most likely inherits
-(``paper-spec.md`` §4.2, "Evaluation protocol"). For each validation question we draw ``n``
+(docs/specification.md §4.2, "Evaluation protocol"). For each validation question we draw ``n``
 samples (n=16 in the papers); each sample has a score (0/1 correctness, or a float reward) and,
 for the majority metrics, the extracted prediction string ``pred`` (the MCQ letter; for tool use
 the actions+inputs string), ``None`` when nothing could be extracted.
@@ -29,7 +29,7 @@ Definitions (per question, then averaged over questions)
     One deliberate difference: verl counts a missing ``pred`` like any other key; here ``None``
     is never a candidate (as in the deterministic mode).
   - ``mode="plain"``: one deterministic vote over the first ``k`` samples. It gives slightly
-    different numbers from the bootstrap (§4.2 asks for both; the bootstrap is the one reported).
+    different numbers from the bootstrap (specification §4.2 asks for both; the bootstrap is the one reported).
 
 Data sources and distributed evaluation
 ---------------------------------------

@@ -1,177 +1,50 @@
 """The policy-optimisation LightningModules: :class:`PolicyOptimization`, :class:`GRPO`, :class:`SDPO`.
 
-The base class owns the policy (any ``AutoModelForCausalLM`` path), its tokenizer, manual
-optimisation (AdamW, linear warmup then constant LR, grad-norm clipping, gradient
-accumulation over the micro-batches of one optimizer step), the student forward pass and
-step logging. A new algorithm is a subclass that overrides one method,
-``compute_loss(batch) -> (loss, metrics)``; see docs/extending.md.
+The base class owns the policy (any ``AutoModelForCausalLM`` path, :mod:`lit_scsdpo.policy`),
+its tokenizer, manual optimisation (AdamW, linear warmup then constant LR, grad-norm clipping,
+gradient accumulation over the micro-batches of one optimizer step), the student forward pass
+and step logging. A new algorithm is a subclass that overrides one method,
+``compute_loss(batch) -> (loss, metrics)``; see docs/extending.md. The formulas are in
+:mod:`lit_scsdpo.losses`, the options in :mod:`lit_scsdpo.config`, the loop's accounting in
+:mod:`lit_scsdpo.step_state`, the data-parallel votes in :mod:`lit_scsdpo.distributed`.
 
 Kept from the paper's setting: on-policy updates (one optimizer step per rollout batch by
 default), seq-mean-token-mean aggregation over all B·G sequences for SDPO, token-mean for
 GRPO, EMA self-teacher updated once per optimizer step, IS ratio (≡1 on-policy).
-Rollout TIS against a separate sampler (paper-spec §1.4(2), ``rollout_correction``) is on by
-default when the engine is vLLM and off with the HF engine, which samples with the trained
-weights (the weight would be ≡ 1). Dropped: the entropy bonus (0 in the paper).
+Rollout TIS against a separate sampler (docs/specification.md §1.4(2), ``rollout_correction``)
+is on by default when the engine is vLLM and off with the HF engine, which samples with the
+trained weights (the weight would be ≡ 1). Dropped: the entropy bonus (0 in the paper).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import interrupt
+from . import distributed, interrupt
 from . import losses as L
 from . import sharding
-from .assets import resolve_model_path
-from .data import RolloutBatch
-from .forward import PackedRows, SharedPrefixRows, response_logits, run_with_hidden, supports_shared_prefix
-from .teacher import RepromptTemplates, Rows, SelfTeacher, TeacherMode, build_reprompts, fit_reprompt
+from .config import DistillationConfig, GRPOConfig, OptimConfig, RepromptConfig, RolloutCorrection, TeacherConfig
+from .data import RolloutBatch, check_group_size
+from .forward import PackedRows, SharedPrefixRows, response_logits, supports_shared_prefix
+from .policy import (AUTO_CHECKPOINTING_PARAMETERS, DTYPES, Checkpointing, ChunkSize, StudentOutput, auto_chunk_size,
+                     check_logits_are_head, disable_dropout, enable_checkpointing, load_policy, tied_names)
+from .step_state import StepAccounting
+from .teacher import Rows, SelfTeacher, StepPrompts, build_step_prompts
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
-#: ``logits_chunk_size: auto`` chunks at this size when the vocabulary has at least AUTO_CHUNK_VOCAB entries
-AUTO_CHUNK, AUTO_CHUNK_VOCAB = 512, 32768
-ChunkSize = Union[int, Literal["auto"], None]
-#: ``gradient_checkpointing: auto`` turns activation checkpointing on from this many parameters
-AUTO_CHECKPOINTING_PARAMETERS = 50_000_000
-Checkpointing = Union[bool, Literal["auto"]]
+__all__ = ["PolicyOptimization", "GRPO", "SDPO", "TrainingDiverged", "check_group_size", "OptimConfig",
+           "RolloutCorrection", "StudentOutput"]
 
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient."""
-
-
-def load_policy(model_name_or_path: str, torch_dtype: str) -> tuple[Any, torch.nn.Module]:
-    """Tokenizer and causal LM, with a one-line error naming the argument when the path is wrong
-    (instead of transformers' long traceback about hub repo ids)."""
-    path = resolve_model_path(model_name_or_path)
-    local_looking = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
-    if not os.path.exists(os.path.expanduser(path)) and local_looking:
-        raise FileNotFoundError(f"model.model_name_or_path={model_name_or_path!r}: no such local folder")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        policy = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, torch_dtype))
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = "the local folder" if os.path.exists(path) else "it as a hub id (no local folder of that name)"
-        raise OSError(f"model.model_name_or_path={model_name_or_path!r}: could not load {where}: {first}") from None
-    return tokenizer, policy
-
-
-def enable_checkpointing(model: torch.nn.Module) -> None:
-    """transformers' activation checkpointing of each decoder layer, non-reentrant: the shared
-    prefix's keys reach the recomputed layers by closure, not as inputs (lit_scsdpo/forward.py)."""
-    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def check_logits_are_head(model: torch.nn.Module) -> None:
-    """``logits_chunk_size`` computes logits as ``lm_head(final hidden state)``. Refuse models
-    whose forward does more (logit soft-capping, scaling): checked numerically on 4 tokens."""
-    ids = torch.arange(1, 5, device=next(model.parameters()).device)[None]
-    with torch.no_grad():
-        full = model(input_ids=ids, use_cache=False).logits.float()
-        hidden = run_with_hidden(model, input_ids=ids, use_cache=False, logits_to_keep=1)[0]
-        head = model.get_output_embeddings()(hidden).float()
-    if not torch.allclose(full, head, rtol=1e-3, atol=1e-3 * max(1.0, full.abs().max().item())):
-        raise ValueError(f"model.logits_chunk_size: {type(model).__name__}'s logits are not lm_head(hidden state) "
-                         f"(e.g. logit soft-capping or scaling); set logits_chunk_size: null for this model")
-
-
-def _auto_chunk_size(model: torch.nn.Module) -> Optional[int]:
-    """``logits_chunk_size: auto``: chunk large vocabularies when the logits are ``lm_head(h)``."""
-    if model.get_output_embeddings().weight.shape[0] < AUTO_CHUNK_VOCAB:
-        return None
-    try:
-        check_logits_are_head(model)
-    except ValueError as exc:
-        log.info("model.logits_chunk_size auto: off (%s)", exc)
-        return None
-    return AUTO_CHUNK
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser settings (paper-spec §1.8, science / tool use).
-
-    Attributes:
-        lr: peak learning rate (paper: 1e-5, constant after warmup).
-        betas: AdamW betas (paper: (0.9, 0.999)).
-        weight_decay: AdamW weight decay (paper: 0.01).
-        warmup_steps: linear warmup optimizer steps (paper: 10).
-        grad_clip: max global grad norm (paper: 1.0); 0 disables clipping.
-    """
-
-    lr: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.01
-    warmup_steps: int = 10
-    grad_clip: float = 1.0
-
-
-ROLLOUT_CORRECTION_MODES = ("auto", "token", "off")
-
-
-@dataclass
-class RolloutCorrection:
-    """Truncated importance sampling (TIS) for the sampler/trainer mismatch (paper-spec §1.4(2)):
-    each token's loss × ``min(π_old_train(y_t) / π_sampler(y_t), cap)``, detached.
-
-    Attributes:
-        mode: ``auto`` (default): on when the rollouts come from an engine with its own copy of
-            the weights and kernels (vLLM), off for the HF engine, which samples with the trained
-            weights (the weight would be ≡ 1); ``token``: always on; ``off``.
-        cap: the truncation ρ (paper: 2).
-    """
-
-    mode: str = "auto"
-    cap: float = 2.0
-
-
-# hyper-parameters saved in checkpoints: readable by torch.load(weights_only=True), Lightning's default
-torch.serialization.add_safe_globals([OptimConfig, RepromptTemplates, RolloutCorrection])
-
-
-@dataclass
-class StudentOutput:
-    logp: Tensor  # [n, T] log-prob of the sampled tokens at the training temperature
-    entropy: Tensor  # [n, T] (detached)
-    logits: Optional[Tensor] = None  # [n, T, V] at the response positions (unchunked mode)
-    hidden: Optional[Tensor] = None  # [n, T, H] final hidden states there (chunked mode)
-
-
-def _chunked_token_stats(hidden: Tensor, head: torch.nn.Module, targets: Tensor, temperature: float,
-                         chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Sampled-token log-probs (with grad) and entropies (no grad) from hidden states, over
-    chunks of positions with recomputation, so the ``[T, V]`` logits never exist at once."""
-    n, T, H = hidden.shape
-    h, y = hidden.reshape(-1, H), targets.reshape(-1)
-
-    def stats(h_c: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
-        logp_all = torch.log_softmax(head(h_c).float() / temperature, dim=-1)
-        ent = -(logp_all.exp() * logp_all).sum(-1)
-        return logp_all.gather(-1, y_c[:, None]).squeeze(-1), ent.detach()
-
-    logps, ents = [], []
-    for start in range(0, h.shape[0], chunk_size):
-        h_c, y_c = h[start : start + chunk_size], y[start : start + chunk_size]
-        lp, ent = checkpoint(stats, h_c, y_c, use_reentrant=False) if torch.is_grad_enabled() else stats(h_c, y_c)
-        logps.append(lp)
-        ents.append(ent)
-    return torch.cat(logps).view(n, T), torch.cat(ents).view(n, T)
 
 
 class PolicyOptimization(pl.LightningModule):
@@ -180,9 +53,10 @@ class PolicyOptimization(pl.LightningModule):
     Args:
         model_name_or_path: a local path or hub id of a causal LM (``AutoModelForCausalLM``),
             or ``asset:<name>`` for a model shipped in ``lit_scsdpo/assets``.
-        optim: optimiser settings.
+        optim: optimiser settings (:class:`~lit_scsdpo.config.OptimConfig`).
         loss_agg_mode: ``token-mean`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum``
-            (see ``losses.aggregate_loss``).
+            (see ``losses.aggregate_loss``); None: the algorithm's default (GRPO: ``token-mean``,
+            the paper's baseline; SDPO: ``seq-mean-token-mean``, the official runs').
         torch_dtype: the dtype the checkpoint is read in. Training (fit) always keeps fp32
             master weights, gradients, AdamW state and an fp32 EMA teacher: the weights are
             upcast after sharding, which is lossless for a bf16 checkpoint (Qwen3, OLMo-3), and
@@ -201,16 +75,16 @@ class PolicyOptimization(pl.LightningModule):
             logit matrix is materialised (long responses × large vocabularies). None: off.
             ``auto`` (default): 512 when the vocabulary has ≥ 32,768 entries (SmolLM2 49,152,
             Qwen3 151,936) and the model's logits are ``lm_head(h)``, else off.
-        rollout_correction: truncated importance sampling against the sampler's log-probs
-            (:class:`RolloutCorrection`; on by default when the engine is vLLM).
         max_nonfinite_steps: stop the run (after saving the last good state) when this many
             consecutive optimizer steps had a non-finite loss or gradient; each such step is
             skipped (no update) and counted.
+        rollout_correction: truncated importance sampling against the sampler's log-probs
+            (:class:`~lit_scsdpo.config.RolloutCorrection`; on by default when the engine is vLLM).
 
     The optimizer step is skipped, on every rank together, when the step's gradient is
     non-finite or exactly zero (nothing to learn: every row masked, every question weight 0,
     every group's advantage 0): no AdamW moment or weight-decay update, no LR-schedule advance,
-    no EMA (paper-spec §3.3(4)). Skips are counted in ``train/skipped_steps``.
+    no EMA (docs/specification.md §3.3(4)). Skips are counted in ``train/skipped_steps``.
 
     The student runs each question's prompt once for its G rollouts and the responses on its
     KV cache (``share_student_prefix``, on; exact, tests/test_forward.py); the LM head runs at
@@ -220,23 +94,25 @@ class PolicyOptimization(pl.LightningModule):
 
     #: the smallest group size G the loss can learn from (group baselines / sibling demonstrations)
     min_group_size: int = 1
+    #: ``loss_agg_mode`` when the configuration leaves it at None
+    default_loss_agg_mode: L.AggregationMode = "seq-mean-token-mean"
     #: the run's configuration as the CLI parsed it, recorded in every checkpoint so that a resume
     #: can be compared with it (``lit_scsdpo.launch``); None outside the CLI
     run_config: Optional[dict[str, Any]] = None
+    #: run each question's prompt once for its G rollouts (set False for one packed forward per row)
+    share_student_prefix: bool = True
 
     @classmethod
     def required_group_size(cls, init_args: dict[str, Any]) -> int:
         """The smallest ``data.rollouts_per_question`` this module with ``init_args`` can learn
         from; checked before the weights load (the CLI) and again in :meth:`setup`."""
         return cls.min_group_size
-    #: run each question's prompt once for its G rollouts (set False for one packed forward per row)
-    share_student_prefix: bool = True
 
     def __init__(
         self,
         model_name_or_path: str,
         optim: OptimConfig = OptimConfig(),
-        loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
+        loss_agg_mode: Optional[L.AggregationMode] = None,
         torch_dtype: str = "float32",
         gradient_checkpointing: Checkpointing = "auto",
         logits_chunk_size: ChunkSize = "auto",
@@ -244,9 +120,10 @@ class PolicyOptimization(pl.LightningModule):
         rollout_correction: RolloutCorrection = RolloutCorrection(),
     ) -> None:
         super().__init__()
-        # every argument is checked before the weights load
+        # every argument is checked before the weights load (the groups in their __post_init__)
         if gradient_checkpointing not in (True, False, "auto"):
             raise ValueError(f"model.gradient_checkpointing must be true, false or auto, got {gradient_checkpointing!r}")
+        loss_agg_mode = self.default_loss_agg_mode if loss_agg_mode is None else loss_agg_mode
         if loss_agg_mode not in L.AGGREGATION_MODES:
             raise ValueError(f"model.loss_agg_mode must be one of {L.AGGREGATION_MODES}, got {loss_agg_mode!r}")
         if torch_dtype not in DTYPES:
@@ -255,33 +132,21 @@ class PolicyOptimization(pl.LightningModule):
             raise ValueError(f"model.logits_chunk_size must be >= 1, auto or null, got {logits_chunk_size!r}")
         if max_nonfinite_steps < 1:
             raise ValueError(f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
-        _check_optim(optim)
-        if rollout_correction.mode not in ROLLOUT_CORRECTION_MODES or not rollout_correction.cap > 0:
-            raise ValueError(f"model.rollout_correction: mode must be one of {ROLLOUT_CORRECTION_MODES} and cap > 0, "
-                             f"got {rollout_correction}")
         self.save_hyperparameters()
-        self.rollout_correction = rollout_correction
         self.automatic_optimization = False
-        self.optim = optim
-        self.loss_agg_mode = loss_agg_mode
+        self.optim, self.loss_agg_mode, self.rollout_correction = optim, loss_agg_mode, rollout_correction
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.tokenizer, self.policy = load_policy(model_name_or_path, torch_dtype)
         if gradient_checkpointing == "auto":
             gradient_checkpointing = sum(p.numel() for p in self.policy.parameters()) >= AUTO_CHECKPOINTING_PARAMETERS
         if gradient_checkpointing:
             enable_checkpointing(self.policy)
         if logits_chunk_size == "auto":
-            logits_chunk_size = _auto_chunk_size(self.policy)
+            logits_chunk_size = auto_chunk_size(self.policy)
         elif logits_chunk_size is not None:
             check_logits_are_head(self.policy)
         self.logits_chunk_size: Optional[int] = logits_chunk_size
-        self.max_nonfinite_steps = max_nonfinite_steps
-        self._step_time: dict[str, float] = {}
-        self._counters = {"nonfinite_loss": 0, "nonfinite_grad": 0, "skipped_steps": 0}
-        self._consecutive_nonfinite = 0
-        self._updated_in_batch = False  # an optimizer step happened on the current rollout batch
-        self._step_nonfinite = False  # a micro-batch of the current step had a non-finite loss (any rank)
-        self._step_metrics: dict[str, list[float]] = {}
-        self._step_tokens, self._step_t0 = 0, time.perf_counter()
+        self.accounting = StepAccounting()
 
     # ------------------------------------------------------------------ extension point
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
@@ -304,21 +169,21 @@ class PolicyOptimization(pl.LightningModule):
                           batch.response_ids.shape[1])
 
     def student_forward(self, batch: RolloutBatch) -> StudentOutput:
+        """Sampled-token log-probs (grad) and entropies at the training temperature; with the
+        logits (unchunked) or the final hidden states (``logits_chunk_size``) for the losses."""
         t0 = time.perf_counter()
         rows = self.student_rows(batch)
         if self.logits_chunk_size is not None:
             hidden = rows.forward(self.policy, "hidden")
-            logp, entropy = _chunked_token_stats(hidden, self.policy.get_output_embeddings(), batch.response_ids,
-                                                 batch.temperature, self.logits_chunk_size)
-            self._add_time("student", time.perf_counter() - t0)
-            return StudentOutput(logp=logp, entropy=entropy, hidden=hidden)
-        logits = rows.forward(self.policy, "logits").float() / batch.temperature
-        logp_all = torch.log_softmax(logits, dim=-1)
-        logp = logp_all.gather(-1, batch.response_ids[..., None]).squeeze(-1)
-        with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-        self._add_time("student", time.perf_counter() - t0)
-        return StudentOutput(logp=logp, entropy=entropy, logits=logits)
+            logp, entropy = L.chunked_token_stats(hidden, self.policy.get_output_embeddings(), batch.response_ids,
+                                                  batch.temperature, self.logits_chunk_size)
+            out = StudentOutput(logp=logp, entropy=entropy, hidden=hidden)
+        else:
+            logits = rows.forward(self.policy, "logits").float() / batch.temperature
+            logp, entropy = L.token_stats(logits, batch.response_ids)
+            out = StudentOutput(logp=logp, entropy=entropy, logits=logits)
+        self.accounting.add_time("student", time.perf_counter() - t0)
+        return out
 
     def old_logp(self, batch: RolloutBatch, student: StudentOutput) -> Tensor:
         """The behaviour policy's log-probs for importance ratios: on-policy the current ones,
@@ -328,45 +193,47 @@ class PolicyOptimization(pl.LightningModule):
         return student.logp.detach() if on_policy else batch.sampler_logprobs.to(student.logp)
 
     def rollout_is_weights(self, batch: RolloutBatch, student: StudentOutput) -> tuple[Optional[Tensor], dict[str, float]]:
-        """The per-token TIS weight ``[n, T]`` (None when off) and its diagnostics: the mean
-        weight, the largest untruncated ratio and the share of truncated tokens."""
+        """The per-token TIS weight ``[n, T]`` (None when off), passed to every
+        ``losses.aggregate_loss`` of the micro-batch as ``token_weights``, and its diagnostics:
+        the mean weight, the largest untruncated ratio and the share of truncated tokens."""
         c = self.rollout_correction
         if c.mode == "off" or (c.mode == "auto" and not batch.separate_sampler):
             return None, {}
         old = self.old_logp(batch, student)
-        sampler = batch.sampler_logprobs.to(old)
-        raw = L.importance_ratio(old, sampler, clip=float("inf"))  # untruncated, for the diagnostics
-        weights = raw.clamp(max=c.cap)
+        weights, raw = L.truncated_is_weights(old, batch.sampler_logprobs.to(old), c.cap)
         m = batch.response_mask.to(old)
         tokens = m > 0
-        return weights, {"rollout_is_mean": _masked_mean(weights, m),
+        return weights, {"rollout_is_mean": L.masked_mean(weights, m),
                          "rollout_is_max": raw[tokens].max().item() if tokens.any() else 1.0,
-                         "rollout_is_clipped": _masked_mean((raw > c.cap).float(), m)}
+                         "rollout_is_clipped": L.masked_mean((raw > c.cap).float(), m)}
 
     def reduce(self, tensor: Tensor, op: L.ReduceOp) -> Tensor:
         """Global reduction over data-parallel ranks (identity on one process)."""
-        return L.distributed_reduce()(tensor, op)
+        return distributed.all_reduce(tensor, op)
 
     def any_rank(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any: skip decisions are made globally, so
-        no rank waits in a collective (backward, all-reduce) that another rank skipped."""
-        return bool(self.reduce(torch.tensor([float(flag)], device=self.device), "max").item() > 0)
+        """True on every rank if ``flag`` is true on any (``distributed.any_rank``)."""
+        return distributed.any_rank(flag, self.device)
 
     def normalizer(self, lengths: Tensor) -> Tensor:
         """Global normaliser for ``loss_agg_mode`` from the per-sequence loss-mask token counts
         of this rank's whole optimizer step (``losses.global_normalizer``)."""
         return L.global_normalizer(lengths, self.loss_agg_mode, reduce=self.reduce).to(self.device)
 
+    def aggregate(self, per_token: Tensor, mask: Tensor, lengths: Tensor, token_weights: Optional[Tensor] = None,
+                  weights: Optional[Tensor] = None) -> Tensor:
+        """``losses.aggregate_loss`` in ``loss_agg_mode`` with the global normaliser of the
+        step's per-sequence loss-mask ``lengths``."""
+        return L.aggregate_loss(per_token, mask, self.loss_agg_mode, self.normalizer(lengths), weights=weights,
+                                token_weights=token_weights)
+
     @property
     def world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
 
-    def _add_time(self, phase: str, seconds: float) -> None:
-        self._step_time[phase] = self._step_time.get(phase, 0.0) + seconds
-
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
-        _check_strategy(self.trainer.strategy)
+        sharding.check_strategy(self.trainer.strategy)
         dm = getattr(self.trainer, "datamodule", None)
         G = getattr(dm, "rollouts_per_question", None)
         if stage == "fit" and G is not None:
@@ -389,16 +256,8 @@ class PolicyOptimization(pl.LightningModule):
         """Under :class:`~lit_scsdpo.sharding.FSDP2Strategy` (``--trainer.strategy fsdp2``): FSDP2
         on each decoder layer and the root of every model in :meth:`sharded_models`, with the
         trainer's mixed precision as the compute dtype. When fitting: fp32 master weights."""
-        mesh = self._device_mesh  # set by Lightning's ModelParallelStrategy, else None
-        if mesh is not None and not sharding.is_sharded(self.policy):
-            names = mesh.mesh_dim_names or ()
-            if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
-                raise ValueError(f"trainer.strategy: tensor parallelism (size {mesh['tensor_parallel'].size()}) is "
-                                 f"not supported; shard with --trainer.strategy fsdp2 (all ranks data parallel)")
-            dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
-            param_dtype = sharding.PRECISION_PARAM_DTYPES.get(str(self.trainer.precision))
-            for model in self.sharded_models():
-                sharding.shard_model(model, dp_mesh, param_dtype)
+        if not sharding.is_sharded(self.policy):
+            sharding.shard_models(self.sharded_models(), self._device_mesh, str(self.trainer.precision))
         if self.trainer.state.fn == "fit":
             self.float()  # after sharding: each rank upcasts only its shard
 
@@ -435,10 +294,12 @@ class PolicyOptimization(pl.LightningModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lit_scsdpo"] = {"counters": dict(self._counters),
-                                    "consecutive_nonfinite": self._consecutive_nonfinite}
+        checkpoint["lit_scsdpo"] = self.accounting.state_dict()
         if self.run_config is not None:
             checkpoint["lit_scsdpo"]["run_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.accounting.load_state_dict(checkpoint.get("lit_scsdpo", {}))
 
     def load_policy_weights(self, state_dict: dict[str, Tensor]) -> None:
         """Start a new run from a checkpoint's policy weights (``fit --weights_from``): the
@@ -450,7 +311,7 @@ class PolicyOptimization(pl.LightningModule):
         if not weights:
             raise ValueError("--weights_from: the checkpoint has no policy weights ('policy.*' in its state_dict)")
         missing, unexpected = self.policy.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if k not in _tied_names(self.policy)]
+        missing = [k for k in missing if k not in tied_names(self.policy)]
         if missing or unexpected:
             raise ValueError(f"--weights_from: the checkpoint's policy does not match "
                              f"model.model_name_or_path's architecture (missing {missing[:3]}, unexpected "
@@ -460,20 +321,9 @@ class PolicyOptimization(pl.LightningModule):
     def on_policy_loaded(self) -> None:
         """Called after :meth:`load_policy_weights`: re-derive what was copied from the initial policy."""
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("lit_scsdpo", {})
-        self._counters.update(state.get("counters", {}))
-        self._consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
-
     def on_train_batch_start(self, batch: RolloutBatch, batch_idx: int) -> None:
         if batch.micro_index == 0:
-            self._step_time = {}
-            self._step_metrics: dict[str, list[float]] = {}
-            self._step_tokens = 0
-            self._step_t0 = time.perf_counter()
-            self._step_nonfinite = False
-            if batch.step.update_index == 0:
-                self._updated_in_batch = False
+            self.accounting.start_step(first_of_rollout_batch=batch.step.update_index == 0)
 
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
         interrupt.check_global(self.device)  # a stop signal: abandon this step on every rank
@@ -482,16 +332,12 @@ class PolicyOptimization(pl.LightningModule):
         t0 = time.perf_counter()
         if self.any_rank(not bool(torch.isfinite(loss))):
             # on every rank: no backward for this micro-batch, and the whole step is skipped
-            self._counters["nonfinite_loss"] += 1
-            self._step_nonfinite = True
+            self.accounting.nonfinite_loss()
             self.print(f"warning: non-finite loss at step {self.global_step}; the step will be skipped")
-        elif not self._step_nonfinite:
-            # contributions sum to the global loss; DDP/FSDP average gradients over ranks
-            self.manual_backward(loss * self.world_size)
-        self._add_time("backward", time.perf_counter() - t0)
-        for k, v in {"loss": loss.detach().item(), **metrics}.items():
-            self._step_metrics.setdefault(k, []).append(v)
-        self._step_tokens += int(batch.attention_mask.sum())
+        elif not self.accounting.nonfinite:
+            self.manual_backward(loss * distributed.contribution_scale(self.world_size))
+        self.accounting.add_time("backward", time.perf_counter() - t0)
+        self.accounting.add_micro_batch({"loss": loss.detach().item(), **metrics}, int(batch.attention_mask.sum()))
         if batch.last_in_step:
             interrupt.check_global(self.device)
             self._optimizer_step(opt, batch)
@@ -499,45 +345,47 @@ class PolicyOptimization(pl.LightningModule):
 
     def _optimizer_step(self, opt: Any, batch: RolloutBatch) -> None:
         t0 = time.perf_counter()
+        acc = self.accounting
         params = [p for p in self.policy.parameters() if p.grad is not None]
         # the global norm before clipping; under FSDP2 a DTensor reduced over the shards
         norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
         grad_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        nonfinite = self._step_nonfinite or self.any_rank(not bool(torch.isfinite(grad_norm)))
+        nonfinite = acc.nonfinite or self.any_rank(not bool(torch.isfinite(grad_norm)))
         nothing = not nonfinite and not self.any_rank(bool(grad_norm > 0))
         lr = opt.param_groups[0]["lr"]  # the LR this step used (before the schedule advances)
-        if nonfinite or nothing:
-            self._counters["skipped_steps"] += 1
-            if nonfinite and not self._step_nonfinite:
-                self._counters["nonfinite_grad"] += 1
-                self.print(f"warning: non-finite grad norm at step {self.global_step}; update skipped")
-        else:
+        if nonfinite and not acc.nonfinite:
+            self.print(f"warning: non-finite grad norm at step {self.global_step}; update skipped")
+        if not (nonfinite or nothing):
             if self.optim.grad_clip > 0:
                 # by hand, with the norm computed above: the same under every strategy (Lightning's
                 # FSDP precision plugin refuses norm clipping)
                 torch.nn.utils.clip_grads_with_norm_(params, self.optim.grad_clip, norm)
             opt.step()
             self.lr_schedulers().step()
-            self._updated_in_batch = True
+        acc.end_step(updated=not (nonfinite or nothing), nonfinite=nonfinite)
         opt.zero_grad(set_to_none=True)
-        if batch.last_in_rollout_batch and self._updated_in_batch:
+        if batch.last_in_rollout_batch and acc.updated_in_batch:
             self.on_policy_updated()
         sharding.reshard(self)  # sharded roots gathered by a forward without backward (teacher, skipped step)
-        self._consecutive_nonfinite = self._consecutive_nonfinite + 1 if nonfinite else 0
-        self._add_time("optimizer", time.perf_counter() - t0)
-        train_seconds = time.perf_counter() - self._step_t0
-        shown = {"train/loss": sum(self._step_metrics["loss"])}  # in the progress bar, every step
+        acc.add_time("optimizer", time.perf_counter() - t0)
+        self._log_step(batch, grad_norm, lr, acc.seconds, skipped=nonfinite or nothing)
+        if acc.consecutive_nonfinite >= self.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"{acc.consecutive_nonfinite} consecutive steps had a non-finite loss or gradient "
+                f"(model.max_nonfinite_steps={self.max_nonfinite_steps}); stopping. No update was applied in "
+                f"those steps: the last checkpoint holds the last good state (lower optim.lr, or check the data)")
+
+    def _log_step(self, batch: RolloutBatch, grad_norm: Tensor, lr: float, train_seconds: float,
+                  skipped: bool) -> None:
+        """Loss and reward at every step (and in the progress bar); the full scalar set on the
+        steps :meth:`_logs_every_scalar` chooses."""
+        shown = {"train/loss": sum(self.accounting.metrics["loss"])}
         if "reward_mean" in batch.stats:
             shown["rollout/reward_mean"] = batch.stats["reward_mean"]
         self.log_dict(shown, on_step=True, on_epoch=False, batch_size=batch.num_sequences, prog_bar=True)
-        logs = self._step_logs(batch, grad_norm, lr, train_seconds) if self._logs_every_scalar(nonfinite or nothing) else {}
+        logs = self._step_logs(batch, grad_norm, lr, train_seconds) if self._logs_every_scalar(skipped) else {}
         logs["step"] = float(self.global_step)  # the TensorBoard step: optimizer steps, as validation and the screen
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.num_sequences)
-        if self._consecutive_nonfinite >= self.max_nonfinite_steps:
-            raise TrainingDiverged(
-                f"{self._consecutive_nonfinite} consecutive steps had a non-finite loss or gradient "
-                f"(model.max_nonfinite_steps={self.max_nonfinite_steps}); stopping. No update was applied in "
-                f"those steps: the last checkpoint holds the last good state (lower optim.lr, or check the data)")
 
     def _logs_every_scalar(self, skipped: bool) -> bool:
         """Whether this step logs its full scalar set: the first step, every
@@ -551,21 +399,19 @@ class PolicyOptimization(pl.LightningModule):
         return skipped or every == 1 or step <= 1 or step % every == 0 or last
 
     def _step_logs(self, batch: RolloutBatch, grad_norm: Tensor, lr: float, train_seconds: float) -> dict[str, float]:
-        logs = {f"train/{k}": sum(v) if k == "loss" else sum(v) / len(v) for k, v in self._step_metrics.items()}
+        logs = self.accounting.step_logs(train_seconds)
         logs.update({f"rollout/{k}": v for k, v in batch.stats.items() if not k.startswith("time_")})
         logs.update({f"time/{k[5:]}": v for k, v in batch.stats.items() if k.startswith("time_")})
-        logs.update({f"time/{k}": v for k, v in self._step_time.items()})
         logs["train/grad_norm"] = grad_norm.item()
         logs["train/lr"] = lr
-        logs["train/tokens_per_s"] = self._step_tokens / max(train_seconds, 1e-9)
-        logs.update({f"train/{k}": float(v) for k, v in self._counters.items()})
         for k in ("rollout/reward_mean", "train/loss"):  # logged every step, in the progress bar
             logs.pop(k, None)
         return logs
 
     def on_policy_updated(self) -> None:
         """Called once per rollout batch, after its last optimizer step, if at least one of its
-        steps updated the policy (the SDPO teacher's EMA: paper-spec §1.5, pitfalls 17)."""
+        steps updated the policy (the SDPO teacher's EMA: docs/specification.md §1.5,
+        docs/pitfalls.md#17)."""
 
     def validation_step(self, batch: RolloutBatch, batch_idx: int) -> None:
         self._log_eval(batch, "val")
@@ -582,90 +428,62 @@ class PolicyOptimization(pl.LightningModule):
         self.log(f"{prefix}/format_rate", fmt, on_epoch=True, batch_size=n, sync_dist=True)
 
 
-def check_group_size(algorithm: str, required: int, G: int) -> None:
-    """``data.rollouts_per_question`` large enough for the loss to learn anything."""
-    if G < required:
-        raise ValueError(f"data.rollouts_per_question must be >= {required} for {algorithm} (got {G}): with one "
-                         f"rollout per question there is no group baseline and no sibling demonstration, so the "
-                         f"loss is 0 at every step")
+def grpo_per_token(batch: RolloutBatch, student: StudentOutput, config: GRPOConfig, old_logp: Tensor,
+                   ref_logp: Optional[Tensor] = None, kl_coef: float = 0.0) -> Tensor:
+    """Per-token GRPO loss of a micro-batch of whole groups (``losses.grpo_token_loss``) with the
+    behaviour policy's log-probs ``old_logp`` (``PolicyOptimization.old_logp``)."""
+    adv = L.group_advantages(batch.rewards.view(-1, batch.group_size), config.norm_adv_by_std).view(-1, 1)
+    return L.grpo_token_loss(student.logp, old_logp, adv.to(student.logp), config.eps_low, config.eps_high,
+                             ref_logp, kl_coef)
 
 
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    """Parameter names that are aliases of another (tied embeddings): absent from some state dicts."""
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            tied.add(name)
-        seen.setdefault(id(p), name)
-    return tied
+def _only_the_path(args: tuple, cls: type) -> tuple:
+    """Subclasses take the model path positionally and every other option by keyword (their
+    own options come first in their signature, so a second positional value would be ambiguous)."""
+    if len(args) > 1:
+        raise TypeError(f"{cls.__name__}: pass model_name_or_path positionally and every other option by keyword")
+    return args
 
 
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability of ``model`` to 0 (dropout modules and attention dropout)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
-            m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
+def _no_chunking_unless_supported(base_options: dict[str, Any], unchunkable: bool) -> None:
+    """SDPO's chunked loss needs the teacher's hidden states (not trust_region, which mixes two
+    models' logits) and the full-logit estimator: ``logits_chunk_size: auto`` then means off, an
+    explicit size is refused. (A function, so that the CLI's signature reader sees
+    ``logits_chunk_size`` as the base option it is.)"""
+    chunk = base_options.get("logits_chunk_size", "auto")
+    if chunk == "auto" and unchunkable:
+        base_options["logits_chunk_size"] = chunk = None
+    if chunk is not None and unchunkable:
+        raise ValueError("model.logits_chunk_size supports full-logit distillation with an ema, frozen or "
+                         "live teacher (not trust_region, not the token-level estimator)")
 
 
-def _check_strategy(strategy: Any) -> None:
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if isinstance(strategy, FSDPStrategy):
-        raise ValueError("trainer.strategy=fsdp (FSDP1, FullyShardedDataParallel) is not supported: the package "
-                         "shards with FSDP2 in configure_model; use --trainer.strategy fsdp2")
-
-
-def _check_optim(o: OptimConfig) -> None:
-    if not o.lr > 0:
-        raise ValueError(f"model.optim.lr must be > 0, got {o.lr}")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        raise ValueError(f"model.optim.betas must be two values in [0, 1), got {o.betas}")
-    if o.weight_decay < 0 or o.warmup_steps < 0 or o.grad_clip < 0:
-        raise ValueError(f"model.optim.weight_decay, warmup_steps and grad_clip must be >= 0, got {o}")
+def weight_stats(batch: RolloutBatch) -> dict[str, float]:
+    """Question-weight statistics over the whole optimizer step (identical in its micro-batches)."""
+    w = batch.step.question_weights[:: batch.group_size]
+    return {"weight_mean": w.mean().item(), "weight_min": w.min().item(), "weight_max": w.max().item()}
 
 
 class GRPO(PolicyOptimization):
-    """Group-relative policy optimisation (the paper's baseline, paper-spec §1.8).
+    """Group-relative policy optimisation (the paper's baseline, docs/specification.md §1.8).
 
     Args:
-        norm_adv_by_std: divide the group-centred reward ``r_i − mean(r)`` by the group's
-            reward std (original GRPO: True; the SDPO/SC-SDPO papers' baseline and Dr. GRPO:
-            False, which avoids up-weighting nearly solved or nearly failed questions).
-        eps_low, eps_high: the PPO ratio ``π/π_old`` is clipped to ``[1 − eps_low, 1 + eps_high]``
-            (paper: 0.2 / 0.28, DAPO's "clip-higher"). It only acts off-policy
-            (``data.updates_per_batch > 1``); on-policy the ratio is exactly 1.
+        grpo: advantage scaling and the PPO clip range (:class:`~lit_scsdpo.config.GRPOConfig`:
+            no std scaling, clip 0.2 / 0.28).
         kl_coef: KL-to-reference coefficient (0 = off, as in the paper); > 0 keeps a frozen
             copy of the initial policy.
-        loss_agg_mode: default ``token-mean`` (the paper's GRPO baseline).
-        **kwargs: see :class:`PolicyOptimization`.
+        **kwargs: the base options (:class:`PolicyOptimization`); ``loss_agg_mode`` defaults
+            to ``token-mean`` (the paper's GRPO baseline).
     """
 
     min_group_size = 2
+    default_loss_agg_mode = "token-mean"
 
-    def __init__(
-        self,
-        model_name_or_path: str,
-        norm_adv_by_std: bool = False,
-        eps_low: float = 0.2,
-        eps_high: float = 0.28,
-        kl_coef: float = 0.0,
-        optim: OptimConfig = OptimConfig(),
-        loss_agg_mode: L.AggregationMode = "token-mean",
-        torch_dtype: str = "float32",
-        gradient_checkpointing: Checkpointing = "auto",
-        logits_chunk_size: ChunkSize = "auto",
-        max_nonfinite_steps: int = 3,
-        rollout_correction: RolloutCorrection = RolloutCorrection(),
-    ) -> None:
-        _check_grpo_args(eps_low, eps_high)
+    def __init__(self, *args: Any, grpo: GRPOConfig = GRPOConfig(), kl_coef: float = 0.0, **kwargs: Any) -> None:
         if kl_coef < 0:
             raise ValueError(f"model.kl_coef must be >= 0, got {kl_coef}")
-        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
-                         logits_chunk_size, max_nonfinite_steps, rollout_correction)
-        self.norm_adv_by_std, self.eps_low, self.eps_high, self.kl_coef = norm_adv_by_std, eps_low, eps_high, kl_coef
+        super().__init__(*_only_the_path(args, type(self)), **kwargs)
+        self.grpo, self.kl_coef = grpo, kl_coef
         self.reference = SelfTeacher(self.policy, mode="frozen") if kl_coef > 0 else None
 
     def sharded_models(self) -> list[torch.nn.Module]:
@@ -682,44 +500,34 @@ class GRPO(PolicyOptimization):
         with torch.no_grad():
             logits = response_logits(self.reference.weights, batch.input_ids, batch.attention_mask, batch.position_ids,
                                      batch.prompt_width, batch.response_ids.shape[1]).float() / batch.temperature
-        return torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+        return L.sampled_logprobs(logits, batch.response_ids)
 
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         student = self.student_forward(batch)
-        per_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high,
-                                 self.old_logp(batch, student), self.reference_logp(batch), self.kl_coef)
         tis, tis_metrics = self.rollout_is_weights(batch, student)
-        if tis is not None:
-            per_tok = per_tok * tis
+        per_tok = grpo_per_token(batch, student, self.grpo, self.old_logp(batch, student), self.reference_logp(batch),
+                                 self.kl_coef)
         mask = batch.response_mask
-        loss = L.aggregate_loss(per_tok, mask, self.loss_agg_mode, self.normalizer(batch.step.response_lengths))
-        return loss, {"entropy": _masked_mean(student.entropy, mask), **_weight_stats(batch), **tis_metrics}
+        loss = self.aggregate(per_tok, mask, batch.step.response_lengths, token_weights=tis)
+        return loss, {"entropy": L.masked_mean(student.entropy, mask), **weight_stats(batch), **tis_metrics}
 
 
 class SDPO(PolicyOptimization):
-    """Self-distillation policy optimisation (paper-spec §1). With the
+    """Self-distillation policy optimisation (docs/specification.md §1). With the
     :class:`~lit_scsdpo.callbacks.DifficultyWeighting` callback it is SC-SDPO.
 
     Args:
-        alpha: generalised-JSD mixing (0 forward KL, 1 reverse KL; paper: 0.5).
-        topk: student top-K support (paper: 100); None = full vocabulary.
-        add_tail: add the tail bucket (paper: True).
-        full_logit_distillation: False = the token-level (sampled-token) estimator, reverse KL.
-        is_clip: SDPO importance-ratio clip (paper: 2; the ratio is 1 on-policy).
-        teacher_mode: ``ema`` (paper) | ``frozen`` | ``live`` | ``trust_region``.
-        teacher_rate: EMA rate (paper: 0.05 science/tool use) or trust-region α.
-        dont_reprompt_on_self_success: never demonstrate with the rollout itself (paper: True).
-        include_feedback: put environment feedback in the reprompt (science/tool use: False).
-        feedback_only_without_solution: feedback only when there is no demonstration (True).
-        remove_thinking: strip ``<think>`` blocks from demonstrations (True).
-        max_teacher_prompt_tokens: teacher prompt budget (paper: 10240); the demonstration
-            text is truncated to fit.
-        templates: the reprompt templates (paper-spec §1.2(4)).
+        distillation: the divergence, its support and the IS clip
+            (:class:`~lit_scsdpo.config.DistillationConfig`: JSD α 0.5 on the student's top-100
+            + tail, full-logit, clip 2).
+        teacher: the self-teacher's regularisation (:class:`~lit_scsdpo.config.TeacherConfig`:
+            EMA at rate 0.05).
+        reprompt: how the teacher prompts are built (:class:`~lit_scsdpo.config.RepromptConfig`:
+            a sibling's success as the demonstration, no feedback, 10,240-token budget).
         grpo_lambda: λ of the GRPO mix ``λ·GRPO + (1−λ)·SDPO`` (paper §4.5; 0 = pure SDPO, the
             science/tool setting).
-        norm_adv_by_std, eps_low, eps_high: the GRPO term's settings when ``grpo_lambda > 0``
-            (see :class:`GRPO`: group-std advantage scaling, off; PPO clip range 0.2 / 0.28).
-        **kwargs: see :class:`PolicyOptimization`.
+        grpo: the GRPO term's settings when ``grpo_lambda > 0`` (:class:`~lit_scsdpo.config.GRPOConfig`).
+        **kwargs: the base options (:class:`PolicyOptimization`).
 
     A rollout is a success iff its reward ``>= data.success_threshold`` (the DataModule's, one
     definition for p̂, demonstrations and SC-SDPO weights).
@@ -734,79 +542,37 @@ class SDPO(PolicyOptimization):
 
     def __init__(
         self,
-        model_name_or_path: str,
-        alpha: float = 0.5,
-        topk: Optional[int] = 100,
-        add_tail: bool = True,
-        full_logit_distillation: bool = True,
-        is_clip: float = 2.0,
-        teacher_mode: TeacherMode = "ema",
-        teacher_rate: float = 0.05,
-        dont_reprompt_on_self_success: bool = True,
-        include_feedback: bool = False,
-        feedback_only_without_solution: bool = True,
-        remove_thinking: bool = True,
-        max_teacher_prompt_tokens: int = 10240,
-        templates: RepromptTemplates = RepromptTemplates(),
+        *args: Any,
+        distillation: DistillationConfig = DistillationConfig(),
+        teacher: TeacherConfig = TeacherConfig(),
+        reprompt: RepromptConfig = RepromptConfig(),
         grpo_lambda: float = 0.0,
-        norm_adv_by_std: bool = False,
-        eps_low: float = 0.2,
-        eps_high: float = 0.28,
-        optim: OptimConfig = OptimConfig(),
-        loss_agg_mode: L.AggregationMode = "seq-mean-token-mean",
-        torch_dtype: str = "float32",
-        gradient_checkpointing: Checkpointing = "auto",
-        logits_chunk_size: ChunkSize = "auto",
-        max_nonfinite_steps: int = 3,
-        rollout_correction: RolloutCorrection = RolloutCorrection(),
+        grpo: GRPOConfig = GRPOConfig(),
+        **kwargs: Any,
     ) -> None:
         # every argument is checked before the weights load
-        unchunkable = teacher_mode == "trust_region" or not full_logit_distillation
-        if logits_chunk_size == "auto" and unchunkable:
-            logits_chunk_size = None
-        if logits_chunk_size is not None and unchunkable:
-            raise ValueError("model.logits_chunk_size supports full-logit distillation with an ema, frozen or "
-                             "live teacher (not trust_region, not the token-level estimator)")
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"model.alpha must be in [0, 1], got {alpha}")
-        if not full_logit_distillation and alpha != 1.0:
-            raise ValueError("model.full_logit_distillation=False (token-level) supports only reverse KL: alpha=1")
+        _no_chunking_unless_supported(kwargs, teacher.mode == "trust_region" or not distillation.full_logit_distillation)
         if not 0 <= grpo_lambda <= 1:
             raise ValueError(f"model.grpo_lambda must be in [0, 1], got {grpo_lambda}")
-        if topk is not None and topk < 1:
-            raise ValueError(f"model.topk must be >= 1 or null (full vocabulary), got {topk}")
-        if not is_clip > 0:
-            raise ValueError(f"model.is_clip must be > 0, got {is_clip}")
-        if teacher_mode not in ("ema", "frozen", "live", "trust_region"):
-            raise ValueError(f"model.teacher_mode must be ema|frozen|live|trust_region, got {teacher_mode!r}")
-        if not 0 <= teacher_rate <= 1:
-            raise ValueError(f"model.teacher_rate must be in [0, 1], got {teacher_rate}")
-        if max_teacher_prompt_tokens < 1:
-            raise ValueError(f"model.max_teacher_prompt_tokens must be >= 1, got {max_teacher_prompt_tokens}")
-        _check_grpo_args(eps_low, eps_high)
-        super().__init__(model_name_or_path, optim, loss_agg_mode, torch_dtype, gradient_checkpointing,
-                         logits_chunk_size, max_nonfinite_steps, rollout_correction)
+        super().__init__(*_only_the_path(args, type(self)), **kwargs)
         vocab = self.policy.get_output_embeddings().weight.shape[0]
-        if topk is not None and topk > vocab:
-            log.info("model.topk=%d exceeds the vocabulary (%d): the full vocabulary is used", topk, vocab)
-        self.min_group_size = self.required_group_size(
-            {"include_feedback": include_feedback, "dont_reprompt_on_self_success": dont_reprompt_on_self_success})
-        self._step_prompts: tuple[Any, list[Optional[list[int]]], list[bool], list[Any]] = (None, [], [], [])
-        self.alpha, self.topk, self.add_tail = alpha, topk, add_tail
-        self.full_logit_distillation, self.is_clip = full_logit_distillation, is_clip
-        self.dont_reprompt_on_self_success = dont_reprompt_on_self_success
-        self.include_feedback, self.feedback_only_without_solution = include_feedback, feedback_only_without_solution
-        self.remove_thinking, self.max_teacher_prompt_tokens = remove_thinking, max_teacher_prompt_tokens
-        self.templates = templates
-        self.grpo_lambda, self.norm_adv_by_std, self.eps_low, self.eps_high = grpo_lambda, norm_adv_by_std, eps_low, eps_high
-        self.teacher = SelfTeacher(self.policy, teacher_mode, teacher_rate)
+        if distillation.topk is not None and distillation.topk > vocab:
+            log.info("model.distillation.topk=%d exceeds the vocabulary (%d): the full vocabulary is used",
+                     distillation.topk, vocab)
+        self.distillation, self.reprompt, self.grpo_lambda, self.grpo = distillation, reprompt, grpo_lambda, grpo
+        self.min_group_size = reprompt.min_group_size
+        self.teacher = SelfTeacher(self.policy, teacher.mode, teacher.rate)
+        self._step_prompts: tuple[Optional[str], Optional[StepPrompts]] = (None, None)
 
     @classmethod
     def required_group_size(cls, init_args: dict[str, Any]) -> int:
-        # sibling demonstrations need G >= 2 unless the rollout may demonstrate to itself or feedback is used
-        feedback = bool(init_args.get("include_feedback", False))
-        self_demo = not bool(init_args.get("dont_reprompt_on_self_success", True))
-        return 1 if feedback or self_demo else 2
+        reprompt = init_args.get("reprompt") or {}
+        if hasattr(reprompt, "as_dict"):  # a jsonargparse Namespace
+            reprompt = reprompt.as_dict()
+        if not isinstance(reprompt, RepromptConfig):
+            fields = RepromptConfig.__dataclass_fields__
+            reprompt = RepromptConfig(**{k: v for k, v in dict(reprompt).items() if k in fields and k != "templates"})
+        return reprompt.min_group_size
 
     def sharded_models(self) -> list[torch.nn.Module]:
         return super().sharded_models() + ([self.teacher.weights] if self.teacher.weights is not None else [])
@@ -815,30 +581,19 @@ class SDPO(PolicyOptimization):
         self.teacher.reset()  # ema / frozen / trust-region anchor: the new run's initial policy
 
     def on_policy_updated(self) -> None:
-        self.teacher.update()  # once per rollout batch, after its optimizer steps (paper-spec §1.5, A16)
+        self.teacher.update()  # once per rollout batch, after its optimizer steps (docs/specification.md §1.5)
 
     # ------------------------------------------------------------------ teacher inputs
-    def step_teacher_prompts(self, batch: RolloutBatch) -> tuple[list[Optional[list[int]]], list[bool], list[Any]]:
-        """Teacher prompt ids (None: no teacher context, or it cannot fit), truncation flags and
-        reprompts for every row of the batch's optimizer step; built once per step (cached), so
-        the loss normaliser can count exactly the rows that have a teacher."""
-        s = batch.step
-        # keyed on the step's content: step ids repeat across fits and in hand-made batches
-        key = (s.step_id, tuple(s.rewards.tolist()), tuple(s.responses), tuple(map(id, s.messages)))
-        if self._step_prompts[0] != key:
-            reprompts = build_reprompts(
-                s.messages, s.responses, s.rewards.tolist(), s.group_ids.tolist(), s.feedback,
-                batch.success_threshold, self.dont_reprompt_on_self_success, self.include_feedback,
-                self.feedback_only_without_solution, self.remove_thinking,
-            )
-            prompts, cut = [], []
-            for rp in reprompts:
-                ids, truncated = (fit_reprompt(self.tokenizer, rp, self.max_teacher_prompt_tokens, self.templates,
-                                               batch.enable_thinking) if rp.active else (None, False))
-                prompts.append(ids)
-                cut.append(truncated)
-            self._step_prompts = (key, prompts, cut, reprompts)
-        return self._step_prompts[1], self._step_prompts[2], self._step_prompts[3]
+    def step_teacher_prompts(self, batch: RolloutBatch) -> StepPrompts:
+        """The teacher prompts of every row of the batch's optimizer step, built once per step
+        (the step's ``uid`` is the same in all its micro-batches), so the loss normaliser can
+        count exactly the rows that have a teacher."""
+        uid = batch.step.uid
+        if self._step_prompts[0] != uid:
+            prompts = build_step_prompts(batch.step, self.tokenizer, self.reprompt, batch.success_threshold,
+                                         batch.enable_thinking)
+            self._step_prompts = (uid, prompts)
+        return self._step_prompts[1]
 
     def teacher_inputs(self, batch: RolloutBatch) -> tuple[Optional[Rows], Tensor, dict[str, float]]:
         """Teacher token inputs for the rows that have a teacher context.
@@ -848,9 +603,9 @@ class SDPO(PolicyOptimization):
         reprompt (the same demonstration) share its forward (:class:`SharedPrefixRows`) when the
         teacher supports it and ``share_teacher_prefix`` is on, else :class:`PackedRows`.
         """
-        all_prompts, all_cut, all_reprompts = self.step_teacher_prompts(batch)
+        step = self.step_teacher_prompts(batch)
         rows_in_step = slice(batch.step_offset, batch.step_offset + batch.num_sequences)
-        prompts, cut, reprompts = all_prompts[rows_in_step], all_cut[rows_in_step], all_reprompts[rows_in_step]
+        prompts, cut, reprompts = step.ids[rows_in_step], step.truncated[rows_in_step], step.reprompts[rows_in_step]
         active = torch.tensor([p is not None for p in prompts], dtype=torch.bool)
         metrics = {
             "reprompt_fraction": active.float().mean().item(),
@@ -873,14 +628,13 @@ class SDPO(PolicyOptimization):
         """Teacher logits at the response positions of the active rows, ``[n_active, T, V]``."""
         t0 = time.perf_counter()
         logits = self.teacher.response_logits(rows)
-        self._add_time("teacher", time.perf_counter() - t0)
+        self.accounting.add_time("teacher", time.perf_counter() - t0)
         return logits / batch.temperature
 
     def step_sd_mask_lengths(self, batch: RolloutBatch) -> Tensor:
         """Per-sequence loss-mask token counts over the whole optimizer step (for token-mean):
         rows without a teacher context, or whose teacher prompt cannot fit, count 0."""
-        prompts = self.step_teacher_prompts(batch)[0]
-        has_teacher = torch.tensor([p is not None for p in prompts], dtype=torch.long)
+        has_teacher = self.step_teacher_prompts(batch).has_teacher().long()
         return batch.step.response_lengths.cpu() * has_teacher
 
     def _match_teacher_forward(self, has_inputs: bool, like: Tensor) -> None:
@@ -893,92 +647,53 @@ class SDPO(PolicyOptimization):
         self.teacher.response_logits(self._teacher_rows([[0]], one * 0, one).to(like.device))
 
     # ------------------------------------------------------------------ the loss
+    def estimator(self) -> L.SDPOEstimator:
+        """Which ``losses.self_distillation_loss`` estimator this configuration uses."""
+        if self.logits_chunk_size is not None:
+            return "chunked"
+        return "full" if self.distillation.full_logit_distillation else "token"
+
     def sdpo_per_token(self, batch: RolloutBatch, student: StudentOutput) -> tuple[Tensor, Tensor, dict[str, float]]:
-        """Per-token SDPO loss ``[n, T]`` (× IS ratio) and the self-distillation mask ``[n]``."""
+        """Per-token SDPO loss ``[n, T]`` (× the IS ratio), the self-distillation mask ``[n]`` and
+        the teacher's diagnostics. The rollout correction is applied at aggregation."""
         inputs, active, metrics = self.teacher_inputs(batch)
         self._match_teacher_forward(inputs is not None, batch.input_ids)
         per_tok = student.logp * 0.0  # zeros attached to the graph: an all-masked batch still backprops
-        if inputs is not None and student.hidden is not None:
-            t0 = time.perf_counter()
-            t_hidden = self.teacher.response_hidden(inputs)
-            self._add_time("teacher", time.perf_counter() - t0)
-            div = L.chunked_distillation_loss(student.hidden[active], self.policy.get_output_embeddings(), t_hidden,
-                                              self.teacher.head(), self.logits_chunk_size, self.alpha, self.topk,
-                                              self.add_tail, batch.temperature)
-            per_tok = per_tok.index_put((active.nonzero().squeeze(1),), div)
-        elif inputs is not None:
-            t_logits = self.teacher_logits(batch, inputs)
-            s_logits = student.logits[active]
-            if self.full_logit_distillation:
-                # temperature already applied to both sides in student_forward / teacher_logits
-                div = L.distillation_loss(s_logits, t_logits, self.alpha, self.topk, self.add_tail, 1.0)
+        if inputs is not None:
+            d, estimator = self.distillation, self.estimator()
+            targets = batch.response_ids[active]
+            if estimator == "chunked":
+                t0 = time.perf_counter()
+                teacher = self.teacher.response_hidden(inputs)
+                self.accounting.add_time("teacher", time.perf_counter() - t0)
+                student_side = student.hidden[active]
             else:
-                t_logp = torch.log_softmax(t_logits, -1).gather(-1, batch.response_ids[active][..., None]).squeeze(-1)
-                div = L.token_level_distillation_loss(student.logp[active], t_logp)
+                teacher = self.teacher_logits(batch, inputs)
+                student_side = student.logits[active] if estimator == "full" else student.logp[active]
+            div = L.self_distillation_loss(estimator, student_side, teacher, targets=targets, alpha=d.alpha,
+                                           topk=d.topk, add_tail=d.add_tail,
+                                           student_head=self.policy.get_output_embeddings(),
+                                           teacher_head=self.teacher.head(), chunk_size=self.logits_chunk_size,
+                                           temperature=batch.temperature)
             per_tok = per_tok.index_put((active.nonzero().squeeze(1),), div)
-            with torch.no_grad():  # teacher diagnostics: a teacher that stops copying shows here first
-                t_logp_all = torch.log_softmax(t_logits.float(), -1)
-                m = batch.response_mask[active]
-                t_ent = -(t_logp_all.exp() * t_logp_all).sum(-1)
-                t_tok = t_logp_all.gather(-1, batch.response_ids[active][..., None]).squeeze(-1)
-                metrics["teacher_entropy"] = _masked_mean(t_ent, m)
-                metrics["teacher_logp_sampled"] = _masked_mean(t_tok, m)
-                metrics["student_logp_sampled"] = _masked_mean(student.logp.detach()[active], m)
+            if estimator != "chunked":
+                metrics.update(L.distillation_diagnostics(teacher, targets, batch.response_mask[active],
+                                                          student.logp[active]))
         # on-policy old = current (ratio exactly 1); off-policy the pre-update (sampling) log-probs
-        per_tok = per_tok * L.importance_ratio(student.logp, self.old_logp(batch, student), self.is_clip)
-        tis, tis_metrics = self.rollout_is_weights(batch, student)
-        if tis is not None:  # the sampler/trainer mismatch (vLLM), paper-spec §1.4(2)
-            per_tok = per_tok * tis
-        metrics.update(tis_metrics)
+        per_tok = per_tok * L.importance_ratio(student.logp, self.old_logp(batch, student), self.distillation.is_clip)
         return per_tok, active, metrics
 
     def compute_loss(self, batch: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         student = self.student_forward(batch)
-        per_tok, active, metrics = self.sdpo_per_token(batch, student)
+        tis, metrics = self.rollout_is_weights(batch, student)  # the sampler/trainer mismatch (vLLM)
+        per_tok, active, sd_metrics = self.sdpo_per_token(batch, student)
+        metrics = {**sd_metrics, **metrics}
         mask = batch.response_mask * active[:, None].float()
-        loss = L.aggregate_loss(per_tok, mask, self.loss_agg_mode, self.normalizer(self.step_sd_mask_lengths(batch)),
-                                weights=batch.question_weights)
+        loss = self.aggregate(per_tok, mask, self.step_sd_mask_lengths(batch), token_weights=tis,
+                              weights=batch.question_weights)
         metrics["distill_loss"] = loss.item()
         if self.grpo_lambda > 0:
-            grpo_tok = grpo_per_token(batch, student, self.norm_adv_by_std, self.eps_low, self.eps_high,
-                                      self.old_logp(batch, student))
-            tis = self.rollout_is_weights(batch, student)[0]
-            grpo_tok = grpo_tok if tis is None else grpo_tok * tis
-            grpo = L.aggregate_loss(grpo_tok, batch.response_mask,
-                                    self.loss_agg_mode, self.normalizer(batch.step.response_lengths))
+            grpo_tok = grpo_per_token(batch, student, self.grpo, self.old_logp(batch, student))
+            grpo = self.aggregate(grpo_tok, batch.response_mask, batch.step.response_lengths, token_weights=tis)
             loss = L.mix_losses(grpo, loss, self.grpo_lambda)
-        return loss, {**metrics, "entropy": _masked_mean(student.entropy, batch.response_mask), **_weight_stats(batch)}
-
-
-def grpo_per_token(
-    batch: RolloutBatch,
-    student: StudentOutput,
-    norm_adv_by_std: bool = False,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    old_logp: Optional[Tensor] = None,
-    ref_logp: Optional[Tensor] = None,
-    kl_coef: float = 0.0,
-) -> Tensor:
-    """Per-token GRPO loss of a micro-batch of whole groups (``losses.grpo_token_loss``).
-
-    ``old_logp``: the behaviour policy's log-probs (``PolicyOptimization.old_logp``); None
-    means on-policy (the current ones detached, ratio ≡ 1)."""
-    adv = L.group_advantages(batch.rewards.view(-1, batch.group_size), norm_adv_by_std).view(-1, 1)
-    old = student.logp.detach() if old_logp is None else old_logp
-    return L.grpo_token_loss(student.logp, old, adv.to(student.logp), eps_low, eps_high, ref_logp, kl_coef)
-
-
-def _check_grpo_args(eps_low: float, eps_high: float) -> None:
-    if not (0 <= eps_low < 1 and eps_high >= 0):
-        raise ValueError(f"model.eps_low must be in [0, 1) and model.eps_high >= 0, got {eps_low}, {eps_high}")
-
-
-def _masked_mean(x: Tensor, mask: Tensor) -> float:
-    return ((x * mask).sum() / mask.sum().clamp_min(1)).item()
-
-
-def _weight_stats(batch: RolloutBatch) -> dict[str, float]:
-    """Question-weight statistics over the whole optimizer step (identical in its micro-batches)."""
-    w = batch.step.question_weights[:: batch.group_size]
-    return {"weight_mean": w.mean().item(), "weight_min": w.min().item(), "weight_max": w.max().item()}
+        return loss, {**metrics, "entropy": L.masked_mean(student.entropy, batch.response_mask), **weight_stats(batch)}

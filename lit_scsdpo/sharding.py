@@ -101,6 +101,30 @@ def shard_model(model: nn.Module, mesh: Any, param_dtype: Optional[torch.dtype] 
     return model
 
 
+def shard_models(models: list[nn.Module], mesh: Any, precision: str) -> None:
+    """What ``configure_model`` does under :class:`FSDP2Strategy`: :func:`shard_model` on every
+    model, over the mesh's data-parallel dimension, with ``precision``'s compute dtype. A no-op
+    without a mesh (one device, DDP); tensor parallelism is refused."""
+    if mesh is None:
+        return
+    names = mesh.mesh_dim_names or ()
+    if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+        raise ValueError(f"trainer.strategy: tensor parallelism (size {mesh['tensor_parallel'].size()}) is "
+                         f"not supported; shard with --trainer.strategy fsdp2 (all ranks data parallel)")
+    dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+    for model in models:
+        shard_model(model, dp_mesh, PRECISION_PARAM_DTYPES.get(precision))
+
+
+def check_strategy(strategy: Any) -> None:
+    """Refuse Lightning's FSDP1 strategy: the package shards with FSDP2 in ``configure_model``."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy):
+        raise ValueError("trainer.strategy=fsdp (FSDP1, FullyShardedDataParallel) is not supported: the package "
+                         "shards with FSDP2 in configure_model; use --trainer.strategy fsdp2")
+
+
 def _fsdp_modules(module: nn.Module) -> list[Any]:
     from torch.distributed.fsdp import FSDPModule
 

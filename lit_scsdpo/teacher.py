@@ -1,5 +1,5 @@
 """The SDPO self-teacher: reprompt construction, the self-distillation mask, and the
-regularised teacher weights (EMA by default). Paper-spec §1.2 (reprompting), §1.5 (teacher
+regularised teacher weights (EMA by default). docs/specification.md §1.2 (reprompting), §1.5 (teacher
 regularisation), §7 items 5, 8 and 11.
 
 The reprompt builder is a pure function of the rollouts of a batch (whole groups): for each
@@ -14,33 +14,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from . import sharding
+from .config import RepromptConfig, RepromptTemplates, TeacherConfig, TeacherMode
 from .chat import render_prompt, strip_thinking
 from .forward import PackedRows, SharedPrefixRows, supports_shared_prefix
 
-TeacherMode = Literal["ema", "frozen", "live", "trust_region"]
 Rows = Union[PackedRows, SharedPrefixRows]
-
-
-@dataclass
-class RepromptTemplates:
-    """The teacher prompt templates (SDPO's effective YAML strings, paper-spec §1.2(4)).
-
-    Attributes:
-        reprompt: the user message; ``{prompt}`` is the original last user message,
-            ``{solution}`` and ``{feedback}`` the rendered sections ("" when absent).
-        solution: the demonstration section; ``{successful_previous_attempt}``.
-        feedback: the feedback section; ``{feedback_raw}``.
-    """
-
-    reprompt: str = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
-    solution: str = "\nCorrect solution:\n\n{successful_previous_attempt}"
-    feedback: str = "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}"
 
 
 @dataclass
@@ -87,7 +71,7 @@ def self_distillation_mask(
     dont_reprompt_on_self_success: bool = True,
     include_feedback: bool = False,
 ) -> list[bool]:
-    """Which rollouts get a teacher context (paper-spec §1.2(6), §7 item 5).
+    """Which rollouts get a teacher context (docs/specification.md §1.2(6), §7 item 5).
 
     A rollout is trained iff another rollout of its question succeeded (or itself, when
     ``dont_reprompt_on_self_success`` is False), or feedback is enabled and non-empty.
@@ -125,7 +109,7 @@ def build_reprompts(
     feedback_only_without_solution: bool = True,
     remove_thinking: bool = True,
 ) -> list[Reprompt]:
-    """Build each rollout's teacher context from its group (paper-spec §1.2).
+    """Build each rollout's teacher context from its group (docs/specification.md §1.2).
 
     Args:
         messages: the original chat of each rollout (system messages + user question).
@@ -173,7 +157,7 @@ def fit_reprompt(
     enable_thinking: bool = False,
 ) -> tuple[Optional[list[int]], bool]:
     """Teacher prompt ids within ``max_tokens``, truncating *inside* the demonstration (or the
-    feedback) text, never the question or the assistant header (pitfalls 12).
+    feedback) text, never the question or the assistant header (docs/pitfalls.md#12).
 
     Returns:
         ``(ids, truncated)``; ``ids`` is None when even an empty demonstration/feedback does
@@ -198,8 +182,43 @@ def fit_reprompt(
     return None, True
 
 
+class StepPrompts(NamedTuple):
+    """The teacher prompts of every row of one optimizer step (on this rank), built once per step
+    so that the loss normaliser counts exactly the rows that have a teacher.
+
+    Attributes:
+        ids: each row's teacher prompt token ids; None: no teacher context, or it cannot fit.
+        truncated: whether the row's demonstration (or feedback) was cut to fit.
+        reprompts: each row's :class:`Reprompt`.
+    """
+
+    ids: list[Optional[list[int]]]
+    truncated: list[bool]
+    reprompts: list[Reprompt]
+
+    def has_teacher(self) -> torch.Tensor:
+        """``[n_step]`` bool: the row has a teacher prompt (the self-distillation mask)."""
+        return torch.tensor([p is not None for p in self.ids], dtype=torch.bool)
+
+
+def build_step_prompts(step: Any, tokenizer: Any, config: RepromptConfig, success_threshold: float,
+                       enable_thinking: bool) -> StepPrompts:
+    """The teacher prompts of a step's rows (``step``: a :class:`~lit_scsdpo.data.StepInfo`)."""
+    reprompts = build_reprompts(step.messages, step.responses, step.rewards.tolist(), step.group_ids.tolist(),
+                                step.feedback, success_threshold, config.dont_reprompt_on_self_success,
+                                config.include_feedback, config.feedback_only_without_solution,
+                                config.remove_thinking)
+    ids, cut = [], []
+    for rp in reprompts:
+        fitted, truncated = (fit_reprompt(tokenizer, rp, config.max_teacher_prompt_tokens, config.templates,
+                                          enable_thinking) if rp.active else (None, False))
+        ids.append(fitted)
+        cut.append(truncated)
+    return StepPrompts(ids, cut, reprompts)
+
+
 def _detached_copy(policy: nn.Module) -> nn.Module:
-    # fp32 EMA (pitfalls 5): a float32 policy gives a float32 copy; the modules keep fp32 weights
+    # fp32 EMA (docs/pitfalls.md#5): a float32 policy gives a float32 copy; the modules keep fp32 weights
     # whenever they train (PolicyOptimization.configure_model upcasts after sharding)
     teacher = copy.deepcopy(policy)
     teacher.requires_grad_(False)
@@ -208,7 +227,7 @@ def _detached_copy(policy: nn.Module) -> nn.Module:
 
 
 class SelfTeacher(nn.Module):
-    """The teacher weights θ' and their regularisation (paper-spec §1.5).
+    """The teacher weights θ' and their regularisation (docs/specification.md §1.5).
 
     Args:
         policy: the student policy (a causal LM).
@@ -221,10 +240,7 @@ class SelfTeacher(nn.Module):
 
     def __init__(self, policy: nn.Module, mode: TeacherMode = "ema", rate: float = 0.05) -> None:
         super().__init__()
-        if mode not in ("ema", "frozen", "live", "trust_region"):
-            raise ValueError(f"teacher.mode must be ema|frozen|live|trust_region, got {mode!r}")
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"teacher.rate must be in [0, 1], got {rate}")
+        TeacherConfig(mode, rate)  # checked where the options are defined
         self.mode, self.rate = mode, rate
         # the policy is held by reference only (not a submodule: it is saved with the module)
         object.__setattr__(self, "_policy", policy)

@@ -182,17 +182,15 @@ def build(args: argparse.Namespace):
 
     from lit_scsdpo import SDPO, OptimConfig, RolloutDataModule
     from lit_scsdpo.callbacks import DifficultyWeighting
+    from lit_scsdpo.config import DistillationConfig, RepromptConfig, TeacherConfig
     from lit_scsdpo.rollout import SamplingConfig
     from lit_scsdpo.tasks import ArithmeticTask
 
     pl.seed_everything(0, verbose=False)
-    model = SDPO(
-        "asset:tiny-qwen3", alpha=0.5, topk=100, teacher_mode="ema", teacher_rate=0.05,
-        max_teacher_prompt_tokens=512,
-        optim=OptimConfig(lr=args.lr, warmup_steps=0, weight_decay=0.0, grad_clip=1.0),
-        torch_dtype="bfloat16",  # read dtype, as the paper config; fit upcasts to fp32 master weights
-        gradient_checkpointing=True, logits_chunk_size=256,
-    )
+    model = SDPO("asset:tiny-qwen3", distillation=DistillationConfig(alpha=0.5, topk=100),
+                 teacher=TeacherConfig(mode="ema", rate=0.05), reprompt=RepromptConfig(max_teacher_prompt_tokens=512),
+                 optim=OptimConfig(lr=args.lr, warmup_steps=0, weight_decay=0.0, grad_clip=1.0),
+                 torch_dtype="bfloat16", gradient_checkpointing=True, logits_chunk_size=256)
     dm = RolloutDataModule(
         ArithmeticTask(levels=[0, 1, 2], train_size=512, val_size=8, test_size=8),
         questions_per_step=args.questions, rollouts_per_question=args.rollouts,

@@ -24,6 +24,7 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
 from lit_scsdpo import GRPO, SDPO, DifficultyWeighting, OptimConfig, RolloutDataModule, RunCheckpoint, sharding  # noqa: E402
+from lit_scsdpo.config import DistillationConfig, RepromptConfig  # noqa: E402
 from lit_scsdpo.rollout import Generations, HFGenerateEngine, SamplingConfig  # noqa: E402
 from lit_scsdpo.tasks import ArithmeticTask  # noqa: E402
 
@@ -144,7 +145,8 @@ def main() -> None:
     if args.grpo_kl:
         model = GRPO(args.model, kl_coef=0.1, **common)
     else:
-        model = NaNAt(args.nan_step)(args.model, topk=20, max_teacher_prompt_tokens=256, **common)
+        model = NaNAt(args.nan_step)(args.model, distillation=DistillationConfig(topk=20),
+                                      reprompt=RepromptConfig(max_teacher_prompt_tokens=256), **common)
     # FSDP2 runs the packed student forward; the one-process reference does the same arithmetic
     # (the shared-prefix path differs by float rounding, which AdamW's first step amplifies on
     # near-zero gradients beyond the 1e-3·lr the parity tests allow)

@@ -27,7 +27,7 @@ def test_asset_path_resolution():
 def test_home_relative_model_path_loads(tiny_model_path, monkeypatch, tmp_path):
     import shutil
 
-    from lit_scsdpo.module import load_policy
+    from lit_scsdpo.policy import load_policy
 
     shutil.copytree(tiny_model_path, tmp_path / "m")
     monkeypatch.setenv("HOME", str(tmp_path))

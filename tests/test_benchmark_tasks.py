@@ -15,7 +15,7 @@ SPLITS = {"chemistry": (1890, 210), "biology": (450, 50), "material": (841, 94),
 
 
 @pytest.mark.parametrize("domain", sorted(SPLITS))
-def test_sciknoweval_splits_and_prompts(domain):  # paper-spec §7 item 12
+def test_sciknoweval_splits_and_prompts(domain):  # docs/specification.md §7 item 12
     task = MultipleChoiceTask(f"sciknoweval/{domain}", test_file=str(DATA / "sciknoweval" / domain / "test.json"),
                               train_file=str(DATA / "sciknoweval" / domain / "train.json"))
     assert isinstance(task, Task)

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_scsdpo import SDPO, DifficultyWeighting, RolloutDataModule
 from lit_scsdpo.callbacks import CurriculumLogger, MajorityVoteEvaluation
 from lit_scsdpo.callbacks.curriculum import colormap, effective_sample_size
+from lit_scsdpo.config import DistillationConfig
 from lit_scsdpo.data import Rollouts
 from lit_scsdpo.rollout import SamplingConfig
 from lit_scsdpo.tasks import Score
@@ -85,7 +86,7 @@ def read_events(log_dir):
 
 def test_callbacks_write_tensorboard_events(tiny_model_path, tmp_path):
     torch.manual_seed(0)
-    model = SDPO(tiny_model_path, topk=10)
+    model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=6, test_size=6, levels=[0, 1]), questions_per_step=4,
                            rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=4,
                            val_sampling=SamplingConfig(0.6, 0.95, 8))
@@ -181,7 +182,7 @@ def test_evaluation_steps_baseline_and_test_stage(tiny_model_path, tmp_path, cap
     use its count of micro-batches), the baseline before training is at step 0, and
     `trainer.test` logs test/<source>/... and prints the table."""
     torch.manual_seed(0)
-    model = SDPO(tiny_model_path, topk=10)
+    model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=6, test_size=6, levels=[0, 1]), questions_per_step=4,
                            rollouts_per_question=4, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 8),
                            val_samples=4, val_sampling=SamplingConfig(0.6, 0.95, 8))
@@ -243,7 +244,7 @@ def test_step_progress_bar_counts_optimizer_steps(tiny_model_path, tmp_path):
     from lit_scsdpo.callbacks import StepProgressBar
 
     torch.manual_seed(0)
-    model = SDPO(tiny_model_path, topk=10)
+    model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
                            rollouts_per_question=2, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 6),
                            val_samples=2, val_sampling=SamplingConfig(1.0, 1.0, 6))
@@ -275,7 +276,7 @@ def test_resumed_run_logs_its_first_validation_at_its_step(tiny_model_path, tmp_
         dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
                                rollouts_per_question=2, sampling=SamplingConfig(1.0, 1.0, 6), val_samples=2,
                                val_sampling=SamplingConfig(1.0, 1.0, 6))
-        return SDPO(tiny_model_path, topk=10), dm
+        return SDPO(tiny_model_path, distillation=DistillationConfig(topk=10)), dm
 
     def trainer(epochs, name):
         return pl.Trainer(max_epochs=epochs, reload_dataloaders_every_n_epochs=1, check_val_every_n_epoch=1,

@@ -14,6 +14,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "tiny"
 
+
+def tiny_config(algo: str) -> list[str]:
+    """The embedded default for ``algo``: ``configs/tiny/base.yaml`` then the algorithm's file."""
+    return ["--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / f"{algo}.yaml")]
+
 pytestmark = pytest.mark.slow
 
 
@@ -58,31 +63,37 @@ def read_scalars(log_dir):
     return tags
 
 
-def test_configs_differ_only_where_algorithms_differ():
-    sdpo = yaml.safe_load((CONFIGS / "sdpo.yaml").read_text())
-    scsdpo = yaml.safe_load((CONFIGS / "scsdpo.yaml").read_text())
-    grpo = yaml.safe_load((CONFIGS / "grpo.yaml").read_text())
-    assert sdpo["model"] == scsdpo["model"] and sdpo["data"] == grpo["data"] == scsdpo["data"]
-    cbs = [c["class_path"] for c in scsdpo["trainer"]["callbacks"]]
-    assert "lit_scsdpo.callbacks.DifficultyWeighting" in cbs
-    assert [c for c in scsdpo["trainer"]["callbacks"] if "Difficulty" not in c["class_path"]] == sdpo["trainer"]["callbacks"]
-    assert grpo["model"]["class_path"] == "lit_scsdpo.GRPO"
-    assert grpo["model"]["init_args"]["optim"] == sdpo["model"]["init_args"]["optim"]
+def test_tiny_configs_are_a_base_and_one_small_file_per_algorithm():
+    """configs/tiny is composed like configs/paper: base.yaml holds everything the algorithms
+    share; each algorithm file names its runs and sets its module, SC-SDPO's is SDPO's plus the
+    weighting callback (appended to base.yaml's list)."""
+    base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
+    algos = {a: yaml.safe_load((CONFIGS / f"{a}.yaml").read_text()) for a in ("grpo", "sdpo", "scsdpo")}
+    for name, cfg in algos.items():
+        assert set(cfg) == {"trainer", "model"}, name
+        assert cfg["trainer"]["logger"] == {"init_args": {"name": name}}, name
+        assert set(cfg["model"]["init_args"]) <= {"distillation", "teacher", "reprompt", "grpo", "loss_agg_mode"}, name
+    assert set(algos["scsdpo"]["trainer"]) == {"logger", "callbacks+"}
+    assert [c["class_path"] for c in algos["scsdpo"]["trainer"]["callbacks+"]] == \
+        ["lit_scsdpo.callbacks.DifficultyWeighting"]
+    assert algos["sdpo"]["model"] == algos["scsdpo"]["model"] and algos["grpo"]["model"]["class_path"] == "lit_scsdpo.GRPO"
+    assert "DifficultyWeighting" not in str(base["trainer"]["callbacks"])
+    assert base["model"]["init_args"]["optim"]["lr"] == 5e-5 and base["data"]["rollouts_per_question"] == 8
 
 
 def test_print_config():
-    out = run_cli(["fit", "--config", str(CONFIGS / "scsdpo.yaml"), "--print_config"], timeout=120)
+    out = run_cli(["fit", *tiny_config("scsdpo"), "--print_config"], timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     cfg = yaml.safe_load(out.stdout)
     assert cfg["model"]["class_path"] == "lit_scsdpo.SDPO"
-    assert cfg["model"]["init_args"]["teacher_rate"] == 0.05
+    assert cfg["model"]["init_args"]["teacher"]["rate"] == 0.05
     assert cfg["trainer"]["reload_dataloaders_every_n_epochs"] == 1
 
 
 @pytest.mark.parametrize("algo", ["grpo", "sdpo", "scsdpo"])
 def test_fit_then_validate(algo, tiny_model_path, tmp_path):
     t0 = time.time()
-    out = run_cli(["fit", "--config", str(CONFIGS / f"{algo}.yaml"), *small_overrides(tiny_model_path, tmp_path)])
+    out = run_cli(["fit", *tiny_config(algo), *small_overrides(tiny_model_path, tmp_path)])
     fit_seconds = time.time() - t0
     assert out.returncode == 0, out.stderr[-5000:]
     assert fit_seconds < 120, f"fit took {fit_seconds:.0f}s"
@@ -114,7 +125,7 @@ def test_fit_then_validate(algo, tiny_model_path, tmp_path):
         assert any(k.startswith("teacher.weights.") for k in keys), "the EMA teacher is not in the checkpoint"
     assert state["RolloutDataModule"]["cursor"] > 0  # the question sampler resumes
 
-    out = run_cli(["validate", "--config", str(CONFIGS / f"{algo}.yaml"), *small_overrides(tiny_model_path, tmp_path),
+    out = run_cli(["validate", *tiny_config(algo), *small_overrides(tiny_model_path, tmp_path),
                    "--ckpt_path", str(ckpts[0])])
     assert out.returncode == 0, out.stderr[-5000:]
     assert "val/reward" in out.stdout
@@ -128,7 +139,7 @@ def test_fit_ddp_two_cpu_processes(tiny_model_path, tmp_path):
     """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): rollouts per rank, global
     SC-SDPO weights and loss normalisers, rank-0 logging; no collective is called on one rank
     only (a hang would time out here)."""
-    args = ["fit", "--config", str(CONFIGS / "scsdpo.yaml"), *small_overrides(tiny_model_path, tmp_path),
+    args = ["fit", *tiny_config("scsdpo"), *small_overrides(tiny_model_path, tmp_path),
             "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     out = run_cli(args, timeout=300)
@@ -145,7 +156,8 @@ def test_paper_config_parses():
     assert out.returncode == 0, out.stderr[-3000:]
     cfg = yaml.safe_load(out.stdout)
     m = cfg["model"]["init_args"]
-    assert (m["optim"]["lr"], m["teacher_rate"], m["topk"], m["alpha"]) == (1e-5, 0.05, 100, 0.5)
+    assert (m["optim"]["lr"], m["teacher"]["rate"], m["distillation"]["topk"], m["distillation"]["alpha"]) == \
+        (1e-5, 0.05, 100, 0.5)
     assert (cfg["data"]["questions_per_step"], cfg["data"]["rollouts_per_question"]) == (32, 8)
     assert cfg["data"]["val_sampling"] == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8192}
 
@@ -162,7 +174,7 @@ def test_paper_recipe_runs_sharded_on_two_cpu_processes_then_resumes_on_one(tmp_
     shrink = ["--trainer.accelerator", "cpu", "--trainer.max_time", "null",
               "--trainer.check_val_every_n_epoch", "100", "--trainer.default_root_dir", str(tmp_path),
               "--model.init_args.model_name_or_path", "asset:tiny-qwen3", "--model.init_args.logits_chunk_size", "16",
-              "--model.init_args.max_teacher_prompt_tokens", "256",
+              "--model.init_args.reprompt.max_teacher_prompt_tokens", "256",
               "--data.task", "lit_scsdpo.tasks.ArithmeticTask", "--data.task.init_args.levels", "[0, 1, 2]",
               "--data.task.init_args.train_size", "64", "--data.task.init_args.val_size", "4",
               "--data.questions_per_step", "4", "--data.rollouts_per_question", "4",

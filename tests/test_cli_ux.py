@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .test_cli import CONFIGS, read_scalars, run_cli, small_overrides
+from .test_cli import read_scalars, run_cli, small_overrides, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ NOISE = ["LeafSpec", "module(s) in eval mode", "litlogger", "has `__len__` defin
 @pytest.mark.parametrize("args", [["--optimizer", "SGD"], ["--lr_scheduler.class_path", "torch.optim.lr_scheduler.StepLR"]])
 def test_optimizer_options_are_refused_at_parse_time(args):
     t0 = time.time()
-    out = run_cli(["fit", "--config", str(CONFIGS / "scsdpo.yaml"), *args], timeout=120)
+    out = run_cli(["fit", *tiny_config("scsdpo"), *args], timeout=120)
     seconds = time.time() - t0
     assert out.returncode != 0
     option = args[0].split(".")[0]
@@ -42,7 +42,7 @@ def test_fit_without_progress_bar_under_default_root_dir(tiny_model_path, tmp_pa
     i = overrides.index("--trainer.logger.init_args.save_dir")
     del overrides[i:i + 2]  # the config's own save_dir: lightning_logs
     root = tmp_path / "root"
-    out = run_cli(["fit", "--config", str(CONFIGS / "scsdpo.yaml"), *overrides,
+    out = run_cli(["fit", *tiny_config("scsdpo"), *overrides,
                    "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
                    "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root)])
     assert out.returncode == 0, out.stderr[-5000:]
@@ -75,7 +75,7 @@ def test_fit_without_progress_bar_under_default_root_dir(tiny_model_path, tmp_pa
 
 
 def test_test_subcommand_prints_the_table(tiny_model_path, tmp_path):
-    out = run_cli(["test", "--config", str(CONFIGS / "scsdpo.yaml"), *small_overrides(tiny_model_path, tmp_path)])
+    out = run_cli(["test", *tiny_config("scsdpo"), *small_overrides(tiny_model_path, tmp_path)])
     assert out.returncode == 0, out.stderr[-5000:]
     assert "Evaluation per data source" in out.stdout
     for text in ["mean@2", "maj@2", "pass@2", "format_rate", "arithmetic/L0", "arithmetic/L1", "test/all/mean@2"]:

@@ -21,15 +21,15 @@ def test_sampling_without_replacement_and_resumable_state():
     task = ArithmeticTask(train_size=10, val_size=6, test_size=6)
     dm = RolloutDataModule(task, questions_per_step=4, seed=3)
     dm.setup("fit")
-    drawn = [dm._next_questions() for _ in range(5)]
+    drawn = [dm.sampler.next_questions(len(dm.train_set), 0, 1) for _ in range(5)]
     first_pass = sum(drawn, [])[:10]
     assert sorted(first_pass) == list(range(10))  # every question once before any repeats
     state = dm.state_dict()
-    more = [dm._next_questions() for _ in range(3)]
+    more = [dm.sampler.next_questions(len(dm.train_set), 0, 1) for _ in range(3)]
     resumed = RolloutDataModule(task, questions_per_step=4, seed=3)
     resumed.setup("fit")
     resumed.load_state_dict(state)
-    assert [resumed._next_questions() for _ in range(3)] == more
+    assert [resumed.sampler.next_questions(len(resumed.train_set), 0, 1) for _ in range(3)] == more
 
 
 def test_argument_validation():

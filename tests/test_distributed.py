@@ -10,6 +10,8 @@ import torch.multiprocessing as mp
 
 from lit_scsdpo import SDPO
 from lit_scsdpo import losses as L
+from lit_scsdpo.config import DistillationConfig
+from lit_scsdpo.distributed import distributed_reduce
 
 from .test_module import batch_of, make_rollouts
 
@@ -19,7 +21,7 @@ REWARDS = [1, 1, 0, 0] + [1, 1, 1, 1] + [1, 0, 0, 0] + [1, 1, 1, 0]  # 4 questio
 def sc_sdpo_grads(path, questions, reduce=None):
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = SDPO(path, topk=10)
+    model = SDPO(path, distillation=DistillationConfig(topk=10))
     r = make_rollouts(model.tokenizer, REWARDS)
     rewards = r.rewards
     # SC-SDPO weights of this rank's questions, normalised over the global batch
@@ -41,7 +43,7 @@ def _worker(rank, world, port, path, q):
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     questions = [0, 1] if rank == 0 else [2, 3]
-    loss, grads = sc_sdpo_grads(path, questions, reduce=L.distributed_reduce())
+    loss, grads = sc_sdpo_grads(path, questions, reduce=distributed_reduce())
     q.put((rank, loss, grads.numpy()))  # by value: a tensor's shared memory dies with this process
     dist.barrier()
     dist.destroy_process_group()

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lit_scsdpo import SDPO, OptimConfig, RolloutDataModule
 from lit_scsdpo import checkpoints as C
 from lit_scsdpo.cli import main as cli_main
+from lit_scsdpo.config import TeacherConfig
 from lit_scsdpo.rollout import SamplingConfig
 
 from .toy import DigitTask
@@ -67,7 +68,7 @@ def trained(tiny_model_path, tmp_path_factory):
     """SDPO fitted 2 steps (lr 1e-3, so policy and EMA teacher moved), a .ckpt and a sharded folder."""
     root = tmp_path_factory.mktemp("trained")
     pl.seed_everything(0)
-    module = SDPO(str(tiny_model_path), optim=OptimConfig(lr=1e-3, warmup_steps=0), teacher_rate=0.5)
+    module = SDPO(str(tiny_model_path), optim=OptimConfig(lr=1e-3, warmup_steps=0), teacher=TeacherConfig(rate=0.5))
     initial = {k: v.clone() for k, v in module.state_dict().items()}
     trainer = fit(module, root, epochs=2)
     assert trainer.global_step == 2
@@ -197,7 +198,7 @@ def test_consolidate_then_resume_single_process(trained, tiny_model_path, tmp_pa
 
     pl.seed_everything(1)
     seen = Restored()
-    resumed = SDPO(str(tiny_model_path), optim=OptimConfig(lr=1e-3, warmup_steps=0), teacher_rate=0.5)
+    resumed = SDPO(str(tiny_model_path), optim=OptimConfig(lr=1e-3, warmup_steps=0), teacher=TeacherConfig(rate=0.5))
     new = fit(resumed, tmp_path, epochs=3, ckpt_path=out, callbacks=[seen])
     assert seen.step == 2 and new.global_step == 3 and new.current_epoch == 3
     assert seen.lr == trainer.lr_scheduler_configs[0].scheduler.last_epoch

@@ -40,6 +40,17 @@ def test_rloo_value_and_gradient_sign(RLOO, tiny_model_path):
     assert after[0] - seq[0] > 0  # the rewarded response became more likely
 
 
+def test_own_options_are_a_checked_group_and_the_base_options_pass_through(tiny_model_path):
+    code = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)[1]
+    namespace = {}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    ScaledRLOO, LeaveOneOut = namespace["ScaledRLOO"], namespace["LeaveOneOut"]
+    m = ScaledRLOO(tiny_model_path, rloo=LeaveOneOut(scale=0.5), loss_agg_mode="token-mean")
+    assert (m.rloo.scale, m.loss_agg_mode, m.hparams["loss_agg_mode"]) == (0.5, "token-mean", "token-mean")
+    with pytest.raises(ValueError, match="model.rloo.scale must be > 0"):
+        LeaveOneOut(scale=0)
+
+
 def test_rloo_trains_with_the_trainer(RLOO, tiny_model_path, tmp_path):
     trainer = fit_briefly(RLOO(tiny_model_path), tmp_path, epochs=2, train_size=32)
     assert trainer.global_step == 2

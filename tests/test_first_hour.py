@@ -16,7 +16,7 @@ import yaml
 from lit_scsdpo import launch
 from lit_scsdpo.entry import condense_parser_message, join_negative_values, one_line
 
-from .test_cli import CONFIGS, read_scalars, run_cli
+from .test_cli import CONFIGS, read_scalars, run_cli, tiny_config
 
 SMALL = [
     "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2", "--trainer.num_sanity_val_steps", "0",
@@ -29,7 +29,7 @@ SMALL = [
 
 # ------------------------------------------------------------------ pure parts
 def test_resume_differences_refuse_what_changes_the_run_and_apply_the_rest():
-    recorded = {"model": {"class_path": "lit_scsdpo.GRPO", "init_args": {"optim": {"lr": 5e-5}, "eps_high": 0.28}},
+    recorded = {"model": {"class_path": "lit_scsdpo.GRPO", "init_args": {"optim": {"lr": 5e-5}, "grpo": {"eps_high": 0.28}}},
                 "trainer": {"max_epochs": 2, "callbacks": [{"class_path": "lit_scsdpo.callbacks.RunCheckpoint",
                                                             "init_args": {"every_n_epochs": 25}}]},
                 "data": {"rollouts_per_question": 8, "val_samples": 8}, "seed_everything": 0}
@@ -101,7 +101,7 @@ def _error_line(out) -> str:
 
 def test_first_hour_launches(tmp_path):
     logs = tmp_path / "logs"
-    base = ["fit", "--config", str(CONFIGS / "grpo.yaml"), *SMALL, "--trainer.logger.init_args.save_dir", str(logs)]
+    base = ["fit", *tiny_config("grpo"), *SMALL, "--trainer.logger.init_args.save_dir", str(logs)]
     out = run_cli(base)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = logs / "grpo" / "version_0"
@@ -123,13 +123,13 @@ def test_first_hour_launches(tmp_path):
     (tmp_path / "empty.json").write_text("")
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    fresh = ["fit", "--config", str(CONFIGS / "sdpo.yaml"), *SMALL, "--trainer.logger.init_args.save_dir", str(logs),
+    fresh = ["fit", *tiny_config("sdpo"), *SMALL, "--trainer.logger.init_args.save_dir", str(logs),
              "--model.init_args.model_name_or_path", str(poisoned)]
     mcq = ["--data.task", "lit_scsdpo.tasks.files.MultipleChoiceTask", "--data.task.init_args.name", "mcq",
            "--data.task.init_args.test_file", str(tmp_path / "empty.json"),
            "--data.task.init_args.train_file", str(tmp_path / "empty.json")]
     bad = {
-        "resume, another algorithm": ([*base[:2], str(CONFIGS / "sdpo.yaml"), *base[3:], "--ckpt_path", str(ckpt)],
+        "resume, another algorithm": ([*base[:4], str(CONFIGS / "sdpo.yaml"), *base[5:], "--ckpt_path", str(ckpt)],
                                       "model.class_path: 'lit_scsdpo.GRPO' -> 'lit_scsdpo.SDPO'"),
         "resume, new lr": ([*base, "--ckpt_path", str(ckpt), "--model.init_args.optim.lr", "1e-3"],
                            "model.init_args.optim.lr: 5e-05 -> 0.001"),
@@ -167,13 +167,13 @@ def test_first_hour_launches(tmp_path):
     assert len(read_scalars(run_dir)["train/loss"]) >= 3  # steps 1, 2 and the resumed 3
 
     # a new run from the weights, with another algorithm: its own folder
-    out = run_cli([*base[:2], str(CONFIGS / "sdpo.yaml"), *base[3:], "--weights_from", str(ckpt)])
+    out = run_cli([*base[:4], str(CONFIGS / "sdpo.yaml"), *base[5:], "--weights_from", str(ckpt)])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "a new run from the policy weights" in out.stdout
     assert (logs / "sdpo" / "version_0" / "checkpoints" / "last.ckpt").exists()
 
     # validate says which model configuration it uses
-    out = run_cli(["validate", "--config", str(CONFIGS / "sdpo.yaml"), *SMALL, "--ckpt_path", str(ckpt),
+    out = run_cli(["validate", *tiny_config("sdpo"), *SMALL, "--ckpt_path", str(ckpt),
                    "--trainer.logger.init_args.save_dir", str(tmp_path / "val")])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "the model configuration is the checkpoint's (lit_scsdpo.GRPO" in out.stdout

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from lit_scsdpo.assets import resolve_model_path
+from lit_scsdpo.config import DistillationConfig
 from lit_scsdpo.forward import PackedRows, SharedPrefixRows, response_logits, supports_shared_prefix
 
 TOL = 5e-5
@@ -192,7 +193,7 @@ def test_sdpo_loss_and_gradients_unchanged_by_prefix_sharing(tiny_model_path):
 
     from .test_pins import batch_of, make_rollouts, perturb_teacher
 
-    base = SDPO(tiny_model_path, topk=10)
+    base = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
     perturb_teacher(base)
     rewards = [1, 1, 0, 0] + [1, 0, 0, 0] + [1, 1, 1, 0]
     r = make_rollouts(base.tokenizer, rewards)
@@ -225,7 +226,7 @@ def test_student_prefix_sharing_leaves_losses_and_gradients_unchanged(tiny_model
 
     from .test_pins import batch_of, make_rollouts, perturb_teacher
 
-    base = GRPO(tiny_model_path) if algo == "grpo" else SDPO(tiny_model_path, topk=10)
+    base = GRPO(tiny_model_path) if algo == "grpo" else SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
     if algo == "sdpo":
         perturb_teacher(base)
     rewards = [1, 1, 0, 0] + [1, 0, 0, 0] + [1, 1, 1, 0]

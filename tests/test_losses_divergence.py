@@ -71,7 +71,7 @@ def test_topk_equal_vocab_is_full_vocab(logits, alpha):
     assert torch.allclose(full, k_all, atol=1e-5)
 
 
-def test_jsd_symmetric_and_zero_iff_equal(logits):  # §7 item 6
+def test_jsd_symmetric_and_zero_iff_equal(logits):  # docs/specification.md §7 item 6
     s, t = logits
     s_lp, t_lp = L.topk_support(s, t, topk=10)
     assert torch.allclose(L.generalized_jsd(s_lp, t_lp, 0.5), L.generalized_jsd(t_lp, s_lp, 0.5), atol=1e-6)
@@ -84,7 +84,7 @@ def test_jsd_symmetric_and_zero_iff_equal(logits):  # §7 item 6
     assert torch.allclose(L.generalized_jsd(s_lp, t_lp, 1.0), kl_st, atol=1e-6)
 
 
-def test_support_is_student_topk_with_tail():  # §7 item 7
+def test_support_is_student_topk_with_tail():  # docs/specification.md §7 item 7
     s = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
     t = torch.tensor([[5.0, 0.0, 0.0, 0.0]])
     s_lp, t_lp = L.topk_support(s, t, topk=2)

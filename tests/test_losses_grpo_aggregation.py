@@ -12,7 +12,7 @@ from .helpers import run_ranks
 torch.set_num_threads(1)
 
 
-def test_importance_ratio():  # §7 item 9
+def test_importance_ratio():  # docs/specification.md §7 item 9
     lp = torch.tensor([-1.0, -1.0, -1.0, 0.0], requires_grad=True)
     old = torch.tensor([-1.0, -1.5, 0.0, -100.0])
     r = L.importance_ratio(lp, old)

@@ -1,4 +1,4 @@
-"""SC-SDPO pass-rate weights: paper-spec §7 items 1-4, properties, distributed normalisation."""
+"""SC-SDPO pass-rate weights: docs/specification.md §7 items 1-4, properties, distributed normalisation."""
 
 import math
 
@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lit_scsdpo import losses as L
+from lit_scsdpo.distributed import distributed_reduce
 
 from .helpers import run_ranks
 
@@ -34,12 +35,12 @@ def test_pass_rates_threshold():
     [(0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (1 / 8, 0.330719), (7 / 8, 0.330719),
      (2 / 8, 0.433013), (6 / 8, 0.433013), (3 / 8, 0.484123), (5 / 8, 0.484123)],
 )
-def test_sqrt_weight_values(p, expected):  # §7 item 1
+def test_sqrt_weight_values(p, expected):  # docs/specification.md §7 item 1
     w = L.raw_difficulty_weights(torch.tensor([p]))
     assert w.item() == pytest.approx(expected, abs=1e-6)
 
 
-def test_variance_weight_values():  # §7 item 2
+def test_variance_weight_values():  # docs/specification.md §7 item 2
     w = L.raw_difficulty_weights(torch.tensor([0.5, 1 / 8]), exponent=1.0)
     assert w.tolist() == pytest.approx([0.25, 0.109375], abs=1e-7)
 
@@ -53,7 +54,7 @@ def test_uniform_and_binary_weights():
         L.raw_difficulty_weights(torch.tensor([1.5]))
 
 
-def test_batch_mean_example():  # §7 item 3
+def test_batch_mean_example():  # docs/specification.md §7 item 3
     p = torch.tensor([0.5, 0.25, 1.0, 0.0])
     raw = L.raw_difficulty_weights(p)
     assert raw.tolist() == pytest.approx([0.5, 0.433013, 0, 0], abs=1e-6)
@@ -84,7 +85,7 @@ def test_other_modes_and_scope():
         L.normalize_weights(raw, "median")
 
 
-def test_scale_invariance_detached_and_all_zero():  # §7 item 4
+def test_scale_invariance_detached_and_all_zero():  # docs/specification.md §7 item 4
     raw = torch.tensor([0.5, 0.433013, 0.1, 0.0], requires_grad=True)
     w = L.normalize_weights(raw)
     assert not w.requires_grad
@@ -115,7 +116,7 @@ def _gloo_worker(rank, world, port, q):
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     raw = L.raw_difficulty_weights(torch.tensor([0.5, 0.25, 1.0, 0.0])[2 * rank : 2 * rank + 2])
-    q.put((rank, L.normalize_weights(raw, reduce=L.distributed_reduce()).tolist()))
+    q.put((rank, L.normalize_weights(raw, reduce=distributed_reduce()).tolist()))
     dist.destroy_process_group()
 
 

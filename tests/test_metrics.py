@@ -1,4 +1,4 @@
-"""Validation metrics mean@k / pass@k / maj@k: paper-spec §4.2 (verl's definitions)."""
+"""Validation metrics mean@k / pass@k / maj@k: docs/specification.md §4.2 (verl's definitions)."""
 
 import math
 import socket

@@ -10,7 +10,8 @@ import torch
 from lit_scsdpo import GRPO, SDPO, OptimConfig
 from lit_scsdpo import losses as L
 from lit_scsdpo.chat import render_prompt
-from lit_scsdpo.data import Rollouts, collate_rollouts
+from lit_scsdpo.config import DistillationConfig, TeacherConfig
+from lit_scsdpo.data import Rollouts, collate_rollouts, step_info
 from lit_scsdpo.tasks import Score
 
 QUESTIONS = ["What is 2+3?", "What is 9-4?", "What is 12+7?"]
@@ -33,7 +34,7 @@ def make_rollouts(tok, rewards, responses=None, G=4):
 def batch_of(r, questions=None, step=None, pad=0):
     questions = list(range(r.num_questions)) if questions is None else questions
     step = list(range(r.num_questions)) if step is None else step
-    return collate_rollouts(r, questions, step, 0, 1, pad, 1.0, False)
+    return collate_rollouts(r, questions, step_info(r, step, 1), step, 0, pad, 1.0, False)
 
 
 class EchoLM(torch.nn.Module):
@@ -51,7 +52,7 @@ class EchoLM(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def sdpo(tiny_model_path):
-    return SDPO(tiny_model_path, topk=20)
+    return SDPO(tiny_model_path, distillation=DistillationConfig(topk=20))
 
 
 def test_token_alignment_student_and_teacher(tiny_model_path):
@@ -117,7 +118,7 @@ def test_sc_sdpo_equals_sdpo_times_question_weights(sdpo):
 
 @pytest.mark.parametrize("agg", L.AGGREGATION_MODES)
 def test_sdpo_gradients_invariant_to_micro_batching(tiny_model_path, agg):
-    sd = SDPO(tiny_model_path, topk=10, loss_agg_mode=agg)
+    sd = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10), loss_agg_mode=agg)
     rewards = [1, 1, 0, 0] + [1, 1, 1, 1] + [1, 0, 0, 0]
     r = make_rollouts(sd.tokenizer, rewards)
     r.question_weights = torch.tensor([2.0, 0.5, 1.0])
@@ -167,11 +168,11 @@ def test_lambda_mix_and_token_level_options(tiny_model_path):
     r = make_rollouts(mix.tokenizer, r_rewards)
     loss, _ = mix.compute_loss(batch_of(r, pad=mix.tokenizer.pad_token_id))
     assert torch.isfinite(loss)
-    tl = SDPO(tiny_model_path, full_logit_distillation=False, alpha=1.0)
+    tl = SDPO(tiny_model_path, distillation=DistillationConfig(full_logit_distillation=False, alpha=1.0))
     loss, m = tl.compute_loss(batch_of(r, pad=tl.tokenizer.pad_token_id))
     assert torch.isfinite(loss) and m["reprompt_fraction"] == 1.0
     with pytest.raises(ValueError, match="reverse KL"):
-        SDPO(tiny_model_path, full_logit_distillation=False, alpha=0.5)
+        SDPO(tiny_model_path, distillation=DistillationConfig(full_logit_distillation=False, alpha=0.5))
 
 
 def test_nonfinite_loss_is_counted_and_skipped(tiny_model_path, tmp_path):
@@ -194,8 +195,9 @@ def test_nonfinite_loss_is_counted_and_skipped(tiny_model_path, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
 
 
-@pytest.mark.parametrize("cls,kwargs", [(SDPO, {"topk": 10}), (SDPO, {"topk": None, "teacher_mode": "frozen"}),
-                                        (GRPO, {})])
+@pytest.mark.parametrize("cls,kwargs", [
+    (SDPO, {"distillation": DistillationConfig(topk=10)}),
+    (SDPO, {"distillation": DistillationConfig(topk=None), "teacher": TeacherConfig(mode="frozen")}), (GRPO, {})])
 def test_chunked_logits_match_unchunked(tiny_model_path, cls, kwargs):
     """logits_chunk_size gives the same loss and gradients as the materialised logits."""
     rewards = [1, 1, 0, 0] + [1, 0, 0, 0]
@@ -218,19 +220,19 @@ def test_chunked_logits_match_unchunked(tiny_model_path, cls, kwargs):
 
 def test_chunked_rejects_unsupported_modes(tiny_model_path):
     with pytest.raises(ValueError, match="logits_chunk_size"):
-        SDPO(tiny_model_path, logits_chunk_size=4, teacher_mode="trust_region")
+        SDPO(tiny_model_path, logits_chunk_size=4, teacher=TeacherConfig(mode="trust_region"))
 
 
 @pytest.mark.parametrize("algo", ["grpo", "sdpo"])
 def test_rollout_correction_weights_each_token_by_the_truncated_sampler_ratio(tiny_model_path, algo):
-    """paper-spec §1.4(2): per-token loss × min(π_old_train / π_sampler, 2), detached. ``auto`` is
+    """docs/specification.md §1.4(2): per-token loss × min(π_old_train / π_sampler, 2), detached. ``auto`` is
     on for rollouts from a separate sampler (vLLM) only; the weight is pinned against a
     hand computation from the trainer's own log-probs."""
     from lit_scsdpo import GRPO, SDPO, RolloutCorrection
     from lit_scsdpo.forward import response_logits
 
     torch.manual_seed(0)
-    cls, kw = (GRPO, {}) if algo == "grpo" else (SDPO, {"topk": 10})
+    cls, kw = (GRPO, {}) if algo == "grpo" else (SDPO, {"distillation": DistillationConfig(topk=10)})
     modes = {m: cls(tiny_model_path, rollout_correction=RolloutCorrection(mode=m), **kw) for m in ("auto", "off")}
     modes["off"].policy.load_state_dict(modes["auto"].policy.state_dict())
     r = make_rollouts(modes["auto"].tokenizer, [1, 0, 1, 0, 1, 1, 0, 0])
@@ -263,7 +265,7 @@ def test_logits_are_chunked_by_default_for_large_vocabularies(tmp_path, tiny_mod
     with full logits); small vocabularies and unchunkable settings stay unchunked."""
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    from lit_scsdpo.module import AUTO_CHUNK
+    from lit_scsdpo.policy import AUTO_CHUNK
 
     cfg = Qwen3Config(vocab_size=40000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
@@ -271,7 +273,7 @@ def test_logits_are_chunked_by_default_for_large_vocabularies(tmp_path, tiny_mod
     AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(tmp_path / "big")
     assert SDPO(str(tmp_path / "big")).logits_chunk_size == AUTO_CHUNK
     assert GRPO(str(tmp_path / "big")).logits_chunk_size == AUTO_CHUNK
-    assert SDPO(str(tmp_path / "big"), teacher_mode="trust_region").logits_chunk_size is None
+    assert SDPO(str(tmp_path / "big"), teacher=TeacherConfig(mode="trust_region")).logits_chunk_size is None
     assert SDPO(str(tmp_path / "big"), logits_chunk_size=None).logits_chunk_size is None
     assert SDPO(str(tmp_path / "big"), logits_chunk_size=64).logits_chunk_size == 64
     assert SDPO(tiny_model_path).logits_chunk_size is None  # vocabulary 384
@@ -310,7 +312,7 @@ def test_full_scalar_set_only_on_the_steps_the_logger_writes(tiny_model_path, tm
                          logger=pl.loggers.TensorBoardLogger(tmp_path, name="run"), callbacks=[seen],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0)
-    trainer.fit(SDPO(tiny_model_path, topk=10), dm)
+    trainer.fit(SDPO(tiny_model_path, distillation=DistillationConfig(topk=10)), dm)
     assert all({"train/loss", "rollout/reward_mean"} <= keys for keys in seen.keys) and len(seen.keys) == 6
     assert ["train/grad_norm" in keys for keys in seen.keys] == [True, False, True, False, False, True]
     [events] = (tmp_path / "run").rglob("events.out.tfevents.*")

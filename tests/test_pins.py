@@ -1,5 +1,5 @@
 """Value pins (project issue 11): each test fixes a number or an ordering that a plausible
-mutant of the code changes, against an independent computation (the paper-spec's checkable
+mutant of the code changes, against an independent computation (docs/specification.md's checkable
 facts, float64 forwards of each row alone, hand-written formulas, a recorded training run).
 
 1. DifficultyWeighting under 2 real gloo ranks = the single-process weights of all questions.
@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 
 from lit_scsdpo import SDPO, OptimConfig
 from lit_scsdpo.callbacks import DifficultyWeighting
-from lit_scsdpo.data import Rollouts, collate_rollouts
+from lit_scsdpo.config import DistillationConfig, TeacherConfig
+from lit_scsdpo.data import Rollouts, collate_rollouts, step_info
 from lit_scsdpo.tasks import Score
 
 # prompts of clearly different lengths (11, 13 and 30 tokens), so the left padding differs
@@ -46,14 +47,13 @@ def make_rollouts(tok, rewards, G=4):
 
 
 def batch_of(r, pad):
-    """All questions as one micro-batch of one step (step_id 0). Each SDPO module here sees
-    a single batch: its teacher-prompt cache is keyed on step_id alone."""
+    """All questions as one micro-batch of one step (a new step: its own uid)."""
     qs = list(range(r.num_questions))
-    return collate_rollouts(r, qs, qs, 0, 1, pad, 1.0, False)
+    return collate_rollouts(r, qs, step_info(r, qs, 1), qs, 0, pad, 1.0, False)
 
 
 def reprompt_ids(tok, r, k, threshold=0.5):
-    """Teacher prompt of rollout ``k`` by hand (paper-spec §1.2(4)): the question, then the
+    """Teacher prompt of rollout ``k`` by hand (docs/specification.md §1.2(4)): the question, then the
     first *other* successful response of its group as the demonstration. None if masked."""
     G = r.group_size
     q = k // G
@@ -86,7 +86,7 @@ def row_logp64(model64, prompt, response):
 # 1. DifficultyWeighting: global normalisation over 2 real gloo ranks
 # ---------------------------------------------------------------------------------------
 
-# (a) paper-spec §7 item 3: p̂ = [.5, .25 | 1, 0], G = 4, split 2 + 2 over the ranks
+# (a) docs/specification.md §7 item 3: p̂ = [.5, .25 | 1, 0], G = 4, split 2 + 2 over the ranks
 SPEC_REWARDS = {0: [[1, 1, 0, 0], [1, 0, 0, 0]], 1: [[1, 1, 1, 1], [0, 0, 0, 0]]}
 # (b) unequal local batches (3 + 2 questions), non-binary rewards around the 0.5 threshold
 UNEQUAL_REWARDS = {0: [[0.7, 0.2, 0.0, 0.4], [1, 1, 1, 0.5], [0.3, 0.1, 0.0, 0.2]],
@@ -149,7 +149,7 @@ def test_difficulty_weighting_normalises_over_real_ranks(tmp_path):
         for p in procs:  # never leave a hung rank behind
             if p.is_alive():
                 p.kill()
-    # hand values from paper-spec §7 item 3 (scope all), and scope active: q3 (p̂=0, no
+    # hand values from docs/specification.md §7 item 3 (scope all), and scope active: q3 (p̂=0, no
     # success) is inactive, the mean runs over 3 questions: (0.5 + 0.433013 + 0) / 3
     spec_all = torch.tensor([2.143594, 1.856406, 0.0, 0.0])
     spec_active = torch.tensor([0.5, 0.4330127, 0.0, 0.0]) / (0.9330127 / 3)
@@ -185,11 +185,11 @@ def test_lambda_mix_is_convex_combination_of_grpo_and_sdpo(tiny_model_path, agg)
     the PPO ratio is 1: per-token loss −A_i, gradient −A_i ∇log π, A = r − group mean,
     aggregated like SDPO over all response tokens/sequences). Kills: the swapped mix
     (0.7·GRPO + 0.3·SDPO), a dropped GRPO term, and an off-policy GRPO ratio. Question
-    weights stay 1: whether SC-SDPO weights should reach the GRPO part is unspecified (A7)."""
+    weights stay 1: whether SC-SDPO weights should reach the GRPO part is unspecified (specification A7)."""
     lam = 0.3
-    mix = SDPO(tiny_model_path, topk=10, grpo_lambda=lam, loss_agg_mode=agg)
-    pure = SDPO(tiny_model_path, topk=10, grpo_lambda=0.0, loss_agg_mode=agg)
-    hand = SDPO(tiny_model_path, topk=10, loss_agg_mode=agg)
+    mix = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10), grpo_lambda=lam, loss_agg_mode=agg)
+    pure = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10), grpo_lambda=0.0, loss_agg_mode=agg)
+    hand = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10), loss_agg_mode=agg)
     perturb_teacher(mix)
     perturb_teacher(pure)  # the same teacher in both
     tok = mix.tokenizer
@@ -235,13 +235,13 @@ def test_lambda_mix_is_convex_combination_of_grpo_and_sdpo(tiny_model_path, agg)
 
 def test_token_level_estimator_value_and_gradient_match_float64(tiny_model_path):
     """Pins: the per-token loss of ``SDPO(full_logit_distillation=False, alpha=1)`` is
-    ``stopgrad(log π(y_t) − log q(y_t)) · log π(y_t)`` (paper-spec §1.3), with ``log q`` the
+    ``stopgrad(log π(y_t) − log q(y_t)) · log π(y_t)`` (docs/specification.md §1.3), with ``log q`` the
     teacher's log-prob of the sampled token under the hand-rendered reprompt, and its
     gradient is ``(log π − log q) ∇log π`` (REINFORCE: value ≠ divergence). Checked against
     float64 forwards of each row alone. Kills: a non-detached factor (gradient
     ``(2 log π − log q) ∇log π``), the plain ``log π − log q`` (gradient ``∇log π``), a sign
     flip, and a teacher read at the wrong positions."""
-    sd = SDPO(tiny_model_path, full_logit_distillation=False, alpha=1.0)
+    sd = SDPO(tiny_model_path, distillation=DistillationConfig(full_logit_distillation=False, alpha=1.0))
     perturb_teacher(sd)
     tok = sd.tokenizer
     rewards = [1, 1, 0, 0] + [1, 0, 0, 0]
@@ -295,7 +295,7 @@ def test_token_level_estimator_value_and_gradient_match_float64(tiny_model_path)
 
 def _assert_positions_like_unpadded(attention_mask, position_ids):
     """Each row's real tokens get positions 0, 1, ..., n−1, as in a lone unpadded forward
-    (pitfalls 10). Stated directly because RoPE is shift-invariant: positions offset by the
+    (docs/pitfalls.md#10). Stated directly because RoPE is shift-invariant: positions offset by the
     padding (``arange``) change the tiny Qwen3's log-probs by only ~5e-7, below any tolerance."""
     for mask, pos in zip(attention_mask, position_ids):
         real = mask.bool()
@@ -315,7 +315,7 @@ def test_student_and_teacher_logp_under_left_padding(tiny_model_path, chunk, sha
     padding (checked on the layout itself: RoPE makes that one nearly invisible in values).
     Both teacher layouts: each distinct reprompt once with its rows' responses on its KV cache
     (shared-prefix, the default) and one packed row per response."""
-    sd = SDPO(tiny_model_path, topk=10, logits_chunk_size=chunk)
+    sd = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10), logits_chunk_size=chunk)
     sd.share_teacher_prefix = share
     perturb_teacher(sd)
     tok = sd.tokenizer
@@ -386,7 +386,7 @@ class _Recorder:
 
 @pytest.mark.slow
 def test_ema_teacher_updates_after_each_optimizer_step(tiny_model_path, tmp_path):
-    """Pins (paper-spec §1.5, A16): after optimizer step k the teacher is
+    """Pins (docs/specification.md §1.5, A16): after optimizer step k the teacher is
     ``θ'_k = (1−r)·θ'_{k−1} + r·θ_k`` with ``θ_k`` the policy *after* the step and
     ``θ'_0 = θ_0``; with 2 micro-batches per step the teacher does not move between them.
     On-policy (``updates_per_batch=1``) a step is a rollout batch; the off-policy rule (one
@@ -405,8 +405,7 @@ def test_ema_teacher_updates_after_each_optimizer_step(tiny_model_path, tmp_path
     # a large LR: Adam moves every parameter by ~lr, far above float noise, so θ'_k and the
     # mutants' values are clearly apart (a zero-gradient step would be skipped whole, with no
     # EMA: the guard on θ_k − θ_{k−1} below says the rollouts did give a gradient)
-    model = SDPO(tiny_model_path, topk=10, teacher_rate=rate,
-                 optim=OptimConfig(lr=1e-2, warmup_steps=0))
+    model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10), teacher=TeacherConfig(rate=rate), optim=OptimConfig(lr=1e-2, warmup_steps=0))
     theta0 = _flat(model.policy.parameters())
     assert torch.equal(_flat(model.teacher.weights.parameters()), theta0)
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,

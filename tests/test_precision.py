@@ -53,11 +53,9 @@ def test_half_precision_weights_are_refused_for_training(precision):
 def test_fsdp1_strategy_is_refused_with_the_fsdp2_flag():
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lit_scsdpo.module import _check_strategy
-
     with pytest.raises(ValueError, match="--trainer.strategy fsdp2"):
-        _check_strategy(FSDPStrategy())
-    _check_strategy(sharding.FSDP2Strategy())  # accepted
+        sharding.check_strategy(FSDPStrategy())
+    sharding.check_strategy(sharding.FSDP2Strategy())  # accepted
 
 
 def test_fsdp2_is_a_trainer_strategy_flag():

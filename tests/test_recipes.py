@@ -1,10 +1,12 @@
 """The paper recipes in configs/paper: one base file plus a model, an algorithm and a task file.
 
 * every combination parses with the real CLI (in this process, ``lit_scsdpo.cli.run`` with
-  ``--print_config``: about 0.6 s each) and has the paper's settings (paper-spec §1.8, §3.3);
+  ``--print_config``: about 0.6 s each) and has the paper's settings (docs/specification.md §1.8, §3.3);
 * one combination parses through the installed console script (a subprocess, as a user runs it);
 * the flat ``scsdpo_qwen3_8b_sciknoweval.yaml`` equals its composition;
-* every task file's data loads (when ``../shared/data`` is present);
+* every task file's data loads from a folder laid out like the SDPO release's ``datasets/``
+  (``../shared/data`` when it is present), and the tool-use file without its data stops with one
+  line naming the file and where to get it;
 * Qwen3 x SC-SDPO x chemistry, shrunk to the shipped tiny model on CPU, runs one optimizer step
   through the console script.
 """
@@ -110,16 +112,18 @@ def test_every_recipe_has_the_paper_settings(parsed):
                               "grad_clip": 1.0}, where
         assert a["rollout_correction"] == {"mode": "auto", "cap": 2.0}, where
         if cls == "lit_scsdpo.SDPO":
-            assert (a["alpha"], a["topk"], a["add_tail"], a["full_logit_distillation"], a["is_clip"]) == \
-                (0.5, 100, True, True, 2.0), where
-            assert (a["teacher_mode"], a["teacher_rate"], a["include_feedback"], a["grpo_lambda"]) == \
+            dist, teacher, reprompt = a["distillation"], a["teacher"], a["reprompt"]
+            assert (dist["alpha"], dist["topk"], dist["add_tail"], dist["full_logit_distillation"],
+                    dist["is_clip"]) == (0.5, 100, True, True, 2.0), where
+            assert (teacher["mode"], teacher["rate"], reprompt["include_feedback"], a["grpo_lambda"]) == \
                 ("ema", 0.05, False, 0.0), where
-            assert (a["dont_reprompt_on_self_success"], a["max_teacher_prompt_tokens"]) == (True, 10240), where
+            assert (reprompt["dont_reprompt_on_self_success"], reprompt["max_teacher_prompt_tokens"]) == \
+                (True, 10240), where
             assert a["loss_agg_mode"] == "seq-mean-token-mean", where
         else:
-            assert (a["loss_agg_mode"], a["eps_low"], a["eps_high"]) == ("token-mean", 0.2, 0.28), where
-            assert (a["norm_adv_by_std"], a["kl_coef"]) == (False, 0.0), where
-            assert "alpha" not in a and "teacher_rate" not in a, where  # SDPO's arguments do not leak
+            assert (a["loss_agg_mode"], a["grpo"]["eps_low"], a["grpo"]["eps_high"]) == ("token-mean", 0.2, 0.28), where
+            assert (a["grpo"]["norm_adv_by_std"], a["kl_coef"]) == (False, 0.0), where
+            assert "distillation" not in a and "teacher" not in a, where  # SDPO's arguments do not leak
         # data: B = 32, G = 8, vLLM, lengths, sampling, validation 16 at 0.6 / 0.95, thinking off
         assert (d["questions_per_step"], d["rollouts_per_question"], d["updates_per_batch"]) == (32, 8, updates), where
         assert d["micro_batch_questions"] == 1, where
@@ -129,17 +133,20 @@ def test_every_recipe_has_the_paper_settings(parsed):
         assert d["val_samples"] == 16, where
         assert d["val_sampling"] == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8192}, where
         assert (d["max_prompt_tokens"], d["enable_thinking"], d["success_threshold"]) == (2048, False, 0.5), where
-        # task
+        # task: SciKnowEval from the hub, ToolAlpaca (not on the hub in SDPO's format) from data/tooluse/
         t = d["task"]
         if task == "tooluse":
             assert t["class_path"] == "lit_scsdpo.tasks.files.ToolUseTask", where
             assert t["init_args"]["name"] == "tooluse", where
-            assert t["init_args"]["test_file"] == "../shared/data/tooluse/test.json", where
+            assert (t["init_args"]["data_dir"], t["init_args"]["test_file"], t["init_args"]["train_file"]) == \
+                ("data", None, None), where
         else:
-            assert t["class_path"] == "lit_scsdpo.tasks.files.MultipleChoiceTask", where
-            assert t["init_args"]["name"] == f"sciknoweval/{task}", where
-            for split in ("train", "test"):
-                assert t["init_args"][f"{split}_file"] == f"../shared/data/sciknoweval/{task}/{split}.json", where
+            assert t["class_path"] == "lit_scsdpo.tasks.files.SciKnowEvalTask", where
+            i = t["init_args"]
+            assert (i["domain"], i["name"], i["hub_id"], i["data_dir"]) == \
+                (task, f"sciknoweval/{task}", "hicai-zju/SciKnowEval", None), where
+            assert (i["levels"], i["types"], i["test_size"], i["seed"]) == \
+                (["L3"], ["mcq-4-choices", "mcq-2-choices"], 0.1, 42), where
 
 
 def test_algorithms_differ_only_where_they_differ(parsed):
@@ -201,26 +208,43 @@ def test_console_script_parses_a_recipe():
     assert cfg["data"]["task"]["class_path"] == "lit_scsdpo.tasks.files.ToolUseTask"
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="the SDPO data files (../shared/data) are not here")
-def test_task_files_load(parsed):
-    """The recipes' data paths (relative to the repository root) exist and every row checks out;
-    the row counts are the SDPO release's. ToolAlpaca's train split is not shipped."""
+def task_of(parsed, task, **override):
+    """The task object a recipe builds, with ``override`` as ``--data.task.init_args.*`` would."""
     import importlib
 
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        for task in TASKS:
-            spec = parsed["qwen3_8b", "sdpo", task]["data"]["task"]
-            module, _, name = spec["class_path"].rpartition(".")
-            loaded = getattr(importlib.import_module(module), name)(**spec["init_args"])
-            if task == "tooluse":
-                assert len(loaded.load("test")) == 68
-                assert not Path(spec["init_args"]["train_file"]).exists()  # docs/reproducing.md says so
-            else:
-                assert (len(loaded.load("train")), len(loaded.load("test"))) == SCIKNOWEVAL[task]
-    finally:
-        os.chdir(cwd)
+    spec = parsed["qwen3_8b", "sdpo", task]["data"]["task"]
+    module, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**{**spec["init_args"], **override})
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="the SDPO data files (../shared/data) are not here")
+def test_task_files_load_from_a_data_dir(parsed):
+    """With ``--data.task.init_args.data_dir`` (docs/reproducing.md) every task reads the folder
+    laid out like the SDPO release's ``datasets/``; every row checks out and the row counts are the
+    SDPO release's. The folder here has ToolAlpaca's test split only."""
+    for task in TASKS:
+        loaded = task_of(parsed, task, data_dir=str(DATA))
+        if task == "tooluse":
+            assert len(loaded.load("test")) == 68
+            assert loaded.files["train"] == str(DATA / "tooluse" / "train.json")
+        else:
+            assert (len(loaded.load("train")), len(loaded.load("test"))) == SCIKNOWEVAL[task]
+
+
+def test_missing_data_is_one_line_naming_the_file_and_its_source(parsed, tmp_path, monkeypatch):
+    """Run from a folder without data/: the tool-use recipe names the missing file and where
+    to get it; a SciKnowEval recipe given a wrong data_dir does the same."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        task_of(parsed, "tooluse").load("train")
+    message = str(info.value)
+    assert message.startswith("task 'tooluse': file not found: data/tooluse/train.json (") and "\n" not in message
+    assert "https://github.com/lasgroup/SDPO" in message and "--data.task.init_args.data_dir" in message
+    with pytest.raises(FileNotFoundError) as info:
+        task_of(parsed, "physics", data_dir="nowhere").load("train")
+    message = str(info.value)
+    assert message.startswith("task 'sciknoweval/physics': file not found: nowhere/sciknoweval/physics/train.json (")
+    assert "https://github.com/lasgroup/SDPO" in message and "hicai-zju/SciKnowEval" in message and "\n" not in message
 
 
 @pytest.mark.slow
@@ -237,7 +261,7 @@ def test_recipe_runs_one_step_with_the_tiny_model(tmp_path):
               "--trainer.precision", "32-true", "--data.engine", "lit_scsdpo.rollout.HFGenerateEngine",
               "--trainer.max_epochs", "1", "--trainer.max_time", "null", "--trainer.default_root_dir", str(tmp_path),
               "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
-              "--model.init_args.logits_chunk_size", "16", "--model.init_args.max_teacher_prompt_tokens", "256",
+              "--model.init_args.logits_chunk_size", "16", "--model.init_args.reprompt.max_teacher_prompt_tokens", "256",
               "--data.task", "lit_scsdpo.tasks.ArithmeticTask", "--data.task.init_args.levels", "[0, 1, 2]",
               "--data.task.init_args.train_size", "64", "--data.task.init_args.val_size", "4",
               "--data.questions_per_step", "4", "--data.rollouts_per_question", "4",
@@ -250,7 +274,7 @@ def test_recipe_runs_one_step_with_the_tiny_model(tmp_path):
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     # (enable_progress_bar false drops the progress bar; the rest, DifficultyWeighting last, stays)
     assert [c["class_path"] for c in saved["trainer"]["callbacks"]] == BASE_CALLBACKS[1:] + [DIFFICULTY]
-    assert saved["model"]["init_args"]["teacher_rate"] == 0.05
+    assert saved["model"]["init_args"]["teacher"]["rate"] == 0.05
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -286,4 +310,5 @@ def test_smollm2_recipe_composes_with_the_paper_algo_files(algo):
     assert (d["questions_per_step"], d["rollouts_per_question"]) == (4, 8)
     assert [c["class_path"] for c in tr["callbacks"]] == BASE_CALLBACKS + ([DIFFICULTY] if weighted else [])
     if cls == "lit_scsdpo.SDPO":
-        assert (a["alpha"], a["teacher_rate"], a["max_teacher_prompt_tokens"]) == (0.5, 0.05, 10240)
+        assert (a["distillation"]["alpha"], a["teacher"]["rate"], a["reprompt"]["max_teacher_prompt_tokens"]) == \
+            (0.5, 0.05, 10240)

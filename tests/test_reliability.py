@@ -14,6 +14,7 @@ import torch
 from lit_scsdpo import GRPO, SDPO, OptimConfig, RolloutDataModule, interrupt
 from lit_scsdpo.callbacks import DifficultyWeighting
 from lit_scsdpo.callbacks.checkpoint import RunCheckpoint
+from lit_scsdpo.config import DistillationConfig, GRPOConfig, RepromptConfig, TeacherConfig
 from lit_scsdpo.rollout import SamplingConfig
 from lit_scsdpo.tasks import ArithmeticTask, Score
 
@@ -124,7 +125,7 @@ def test_plain_trainer_gets_fresh_rollouts_every_epoch(tiny_model_path, tmp_path
     trainer = pl.Trainer(log_every_n_steps=1, max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[Seen()])
     trainer.fit(model, dm)
-    assert len({id(r) for r in seen}) == 3 and dm._draws == 3
+    assert len({id(r) for r in seen}) == 3 and dm.sampler.draws == 3
     bad = pl.Trainer(log_every_n_steps=1, max_epochs=1, reload_dataloaders_every_n_epochs=2, logger=False, enable_checkpointing=False,
                      limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs must be 1"):
@@ -160,7 +161,7 @@ def test_step_with_nothing_to_learn_is_skipped(tiny_model_path, tmp_path):
     trainer = pl.Trainer(log_every_n_steps=1, max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[DifficultyWeighting()])
     trainer.fit(model, dm)
-    assert trainer.global_step == 0 and model._counters["skipped_steps"] == 2
+    assert trainer.global_step == 0 and model.accounting.counters["skipped_steps"] == 2
     assert all(torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher.weights.parameters()))
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 0
@@ -199,7 +200,7 @@ def test_token_mean_normaliser_counts_only_rows_with_a_teacher(tiny_model_path):
     (before: it counted every row of the self-distillation mask)."""
     from lit_scsdpo.teacher import self_distillation_mask
 
-    model = SDPO(tiny_model_path, loss_agg_mode="token-mean", max_teacher_prompt_tokens=12)
+    model = SDPO(tiny_model_path, loss_agg_mode="token-mean", reprompt=RepromptConfig(max_teacher_prompt_tokens=12))
     r = make_rollouts(model.tokenizer, [1, 1, 0, 0] + [1, 0, 0, 0])
     batch = batch_of(r, pad=model.tokenizer.pad_token_id)
     sd = self_distillation_mask(batch.step.rewards.tolist(), batch.step.group_ids.tolist(), [False] * 8)
@@ -213,7 +214,7 @@ def test_token_mean_normaliser_counts_only_rows_with_a_teacher(tiny_model_path):
 
 
 def test_chunked_logits_refuse_soft_capped_models(tiny_model_path):
-    from lit_scsdpo.module import check_logits_are_head
+    from lit_scsdpo.policy import check_logits_are_head
 
     model = SDPO(tiny_model_path).policy
     check_logits_are_head(model)  # plain lm_head: fine
@@ -232,15 +233,20 @@ def test_chunked_logits_refuse_soft_capped_models(tiny_model_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"topk": 0}, "model.topk must be >= 1"), ({"alpha": 2.0}, r"model.alpha must be in \[0, 1\]"),
-    ({"teacher_rate": 1.5}, "model.teacher_rate"), ({"is_clip": 0.0}, "model.is_clip"),
-    ({"max_teacher_prompt_tokens": 0}, "max_teacher_prompt_tokens"), ({"torch_dtype": "fp8"}, "torch_dtype"),
-    ({"optim": OptimConfig(lr=-1.0)}, "model.optim.lr"), ({"eps_low": 1.5}, "model.eps_low"),
+    (lambda: {"distillation": DistillationConfig(topk=0)}, "model.distillation.topk must be >= 1"),
+    (lambda: {"distillation": DistillationConfig(alpha=2.0)}, r"model.distillation.alpha must be in \[0, 1\]"),
+    (lambda: {"teacher": TeacherConfig(rate=1.5)}, "model.teacher.rate"),
+    (lambda: {"distillation": DistillationConfig(is_clip=0.0)}, "model.distillation.is_clip"),
+    (lambda: {"reprompt": RepromptConfig(max_teacher_prompt_tokens=0)}, "max_teacher_prompt_tokens"),
+    (lambda: {"torch_dtype": "fp8"}, "torch_dtype"),
+    (lambda: {"optim": OptimConfig(lr=-1.0)}, "model.optim.lr"),
+    (lambda: {"grpo": GRPOConfig(eps_low=1.5)}, "model.grpo.eps_low"),
 ])
 def test_arguments_fail_before_weights_load(kwargs, match):
-    """A nonexistent model path proves that the check runs before any weights load."""
+    """A nonexistent model path proves that the check runs before any weights load (the grouped
+    options fail where they are defined, before the module is even built)."""
     with pytest.raises(ValueError, match=match):
-        SDPO("/nonexistent/model", **kwargs)
+        SDPO("/nonexistent/model", **kwargs())
 
 
 def test_bad_model_path_is_one_line():
@@ -312,7 +318,7 @@ trainer = pl.Trainer(log_every_n_steps=1, accelerator="cpu", devices=2, strategy
 trainer.fit(model, dm)
 total = sum(p.detach().double().sum().item() for p in model.policy.parameters())
 with open(os.path.join({out!r}, f"rank{{trainer.global_rank}}.json"), "w") as f:
-    json.dump({{"step": trainer.global_step, "counters": model._counters, "params": total}}, f)
+    json.dump({{"step": trainer.global_step, "counters": model.accounting.counters, "params": total}}, f)
 '''
 
 
@@ -356,7 +362,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_after_saving(tiny_model_path, 
     with pytest.raises(TrainingDiverged, match="model.max_nonfinite_steps=2"):
         trainer.fit(model, dm)
     ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 2 and model._counters["skipped_steps"] == 2
+    assert ckpt["global_step"] == 2 and model.accounting.counters["skipped_steps"] == 2
     saved = ckpt["state_dict"]["policy.model.embed_tokens.weight"]
     assert torch.equal(saved, model.policy.model.embed_tokens.weight.detach())  # no update since step 2
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_cli import CONFIGS, ROOT, small_overrides
+from .test_cli import ROOT, small_overrides, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ trainer:
 
 def command(model_path, log_dir, overlay, *extra):
     exe = str(Path(sys.executable).with_name("lit-scsdpo"))
-    args = ["fit", "--config", str(CONFIGS / "scsdpo.yaml"), "--config", str(overlay),
+    args = ["fit", *tiny_config("scsdpo"), "--config", str(overlay),
             *small_overrides(model_path, log_dir), "--trainer.max_epochs", "10", *extra]
     return [exe, *args]
 

@@ -1,4 +1,4 @@
-"""Reprompt builder (paper-spec §1.2, §7 items 5 and 11), truncation, EMA, token alignment."""
+"""Reprompt builder (docs/specification.md §1.2, §7 items 5 and 11), truncation, EMA, token alignment."""
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ def group(rewards, feedback=None, uid="q"):
 
 
 @pytest.mark.parametrize("k,G,trained", [(0, 8, 0), (1, 8, 7), (2, 8, 8), (5, 8, 8), (8, 8, 8), (1, 2, 1), (2, 2, 2)])
-def test_mask_counts_by_number_of_successes(k, G, trained):  # §7 item 5
+def test_mask_counts_by_number_of_successes(k, G, trained):  # docs/specification.md §7 item 5
     rewards = [1.0] * k + [0.0] * (G - k)
     rps = build_reprompts(*group(rewards))
     assert sum(rp.active for rp in rps) == trained
@@ -33,7 +33,7 @@ def test_mask_counts_by_number_of_successes(k, G, trained):  # §7 item 5
         assert not rps[0].active  # the lone success cannot demonstrate to itself
 
 
-def test_self_excluded_and_first_other_success_chosen():  # §7 item 11
+def test_self_excluded_and_first_other_success_chosen():  # docs/specification.md §7 item 11
     rewards = [0.0, 1.0, 0.0, 1.0, 1.0]
     rps = build_reprompts(*group(rewards))
     assert [rp.demo_index for rp in rps] == [1, 3, 1, 1, 1]
@@ -117,7 +117,7 @@ def test_truncation_inside_demonstration_keeps_question_and_header(tok):
     assert fit_reprompt(tok, rp, max_tokens=len(empty) - 5) == (None, True)
 
 
-def test_ema_matches_closed_form():  # §7 item 8
+def test_ema_matches_closed_form():  # docs/specification.md §7 item 8
     torch.manual_seed(0)
     policy = torch.nn.Linear(3, 2)
     theta0 = [p.detach().clone() for p in policy.parameters()]

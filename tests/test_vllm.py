@@ -127,9 +127,9 @@ def test_push_after_an_optimizer_step_follows_the_new_weights(setup):
 
 # ---------------------------------------------------------------------------- the real CLI
 def _fit(tmp_path, model_path, *extra):
-    from .test_cli import CONFIGS, read_scalars, run_cli, small_overrides
+    from .test_cli import read_scalars, run_cli, small_overrides, tiny_config
 
-    args = ["fit", "--config", str(CONFIGS / "scsdpo.yaml"), *small_overrides(model_path, tmp_path),
+    args = ["fit", *tiny_config("scsdpo"), *small_overrides(model_path, tmp_path),
             "--data.engine", "lit_scsdpo.rollout.VLLMEngine", "--trainer.check_val_every_n_epoch", "3", *extra]
     out = run_cli(args, timeout=400)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-5000:]

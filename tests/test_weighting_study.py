@@ -47,7 +47,8 @@ def test_arm_configs_as_the_cli_parses_them(arm, tmp_path, capsys, monkeypatch):
     config.write_text(yaml.safe_dump(ws.arm_config(arm), allow_unicode=True))
     algo, weighting, model, _, _ = ws.ARMS[arm]
     with pytest.raises(SystemExit):
-        run(["fit", "--config", str(ROOT / "configs" / "tiny" / f"{algo}.yaml"),
+        run(["fit", "--config", str(ROOT / "configs" / "tiny" / "base.yaml"),
+             "--config", str(ROOT / "configs" / "tiny" / f"{algo}.yaml"),
              "--config", str(ROOT / "configs" / "tiny" / "worked.yaml"), "--config", str(config), "--print_config"])
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["init_args"]["model_name_or_path"] == "asset:tiny-qwen3-worked"

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ..data.scoring import pass_rate_shares
+
 #: viridis-like anchors (dark blue → green → yellow) for the heatmaps; missing cells are grey
 _ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
 _MISSING = np.array([40, 40, 40], dtype=np.float32)
@@ -204,9 +206,7 @@ class CurriculumLogger(pl.Callback):
     def epoch_stats(self, p_hat: torch.Tensor, weights: torch.Tensor) -> dict[str, float]:
         """Scalars of one epoch (pure: used by tests)."""
         stats = {
-            "curriculum/frac_p0": (p_hat == 0).float().mean().item(),
-            "curriculum/frac_p1": (p_hat == 1).float().mean().item(),
-            "curriculum/frac_mixed": ((p_hat > 0) & (p_hat < 1)).float().mean().item(),
+            **{f"curriculum/{k}": v for k, v in pass_rate_shares(p_hat).items()},
             "curriculum/weight_ess": effective_sample_size(weights),
             "curriculum/weight_ess_fraction": effective_sample_size(weights) / max(1, weights.numel()),
         }

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 
 from .. import losses as L
+from ..distributed import distributed_reduce
 
 
 class DifficultyWeighting(pl.Callback):
@@ -21,8 +22,8 @@ class DifficultyWeighting(pl.Callback):
     Args:
         exponent: 0.5 = SC-SDPO (paper); 1.0 = reward variance; 0 = uniform (SDPO).
         binary: use ``1[0 < p̂ < 1]`` instead (DAPO-style filter).
-        floor: lower bound on the raw weights (default 0: no floor, ambiguity A5).
-        normalization: ``batch_mean`` (default, ⚠ A1) | ``none`` | ``sum`` | ``max``.
+        floor: lower bound on the raw weights (default 0: no floor, docs/specification.md A5).
+        normalization: ``batch_mean`` (default, ⚠ docs/specification.md A1) | ``none`` | ``sum`` | ``max``.
         scope: normalise over ``all`` questions of the global batch (default) or only the
             ``active`` ones, i.e. those with at least one success (the questions SDPO can
             distil when feedback is off).
@@ -50,7 +51,7 @@ class DifficultyWeighting(pl.Callback):
         active = (rewards >= success_threshold).any(dim=1)
         return L.difficulty_weights(
             rewards, success_threshold, self.exponent, self.binary, self.floor,
-            self.normalization, self.scope, active, reduce=L.distributed_reduce(),
+            self.normalization, self.scope, active, reduce=distributed_reduce(),
         )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,4 +1,4 @@
-"""mean@k / maj@k / pass@k evaluation per data source (paper-spec §4.2).
+"""mean@k / maj@k / pass@k evaluation per data source (docs/specification.md §4.2).
 
 The evaluation samples are drawn once per validation (or test) run by the DataModule's
 ``val_dataloader`` / ``test_dataloader`` with the evaluation sampling settings

@@ -1,7 +1,7 @@
 """The rollout engine protocol: prompts (token ids) in, sampled responses (token ids) out.
 
 An engine never decodes and re-tokenises: what it returns are the exact token ids the
-policy sampled, and the trainer scores those same ids (pitfalls 10). The DataModule calls
+policy sampled, and the trainer scores those same ids (docs/pitfalls.md#10). The DataModule calls
 :meth:`RolloutEngine.update_weights` with the current policy before each generation, so an
 engine that keeps its own copy of the weights (vLLM) can refresh it; one that samples from
 the policy object itself (transformers ``generate``) just keeps a reference.
@@ -21,7 +21,7 @@ class SamplingConfig:
 
     Attributes:
         temperature: 1.0 for training rollouts and 0.6 for validation in the paper
-            (paper-spec §1.8); 0 means greedy decoding (the n responses of a prompt are then
+            (docs/specification.md §1.8); 0 means greedy decoding (the n responses of a prompt are then
             one greedy response repeated; refused for training rollouts, whose G draws would
             all be equal).
         top_p: nucleus sampling mass; 1.0 for training, 0.95 for validation (paper).

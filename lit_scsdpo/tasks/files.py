@@ -1,12 +1,18 @@
 """The paper's benchmarks: SciKnowEval multiple choice and ToolAlpaca tool use.
 
-Rows are in SDPO's format (paper-spec §1.9): ``idx``, ``prompt`` (the user message), ``system``
-(a system prompt, or ``None`` / ``"None"``), ``answer``, ``kind``, ``dataset``. They come from
+Rows are in SDPO's format (docs/specification.md §1.9): ``idx``, ``prompt`` (the user
+message), ``system`` (a system prompt, or ``None`` / ``"None"``), ``answer``, ``kind``,
+``dataset``. They come from
 
 * local JSON-lines or parquet files (:class:`MultipleChoiceTask`, :class:`ToolUseTask`), read
   with the ``datasets`` loaders; ``validation`` is the test file, as in the papers;
 * the hub (:class:`SciKnowEvalTask`): ``hicai-zju/SciKnowEval`` read with
-  ``datasets.load_dataset``, filtered and split exactly as SDPO's data scripts do.
+  ``datasets.load_dataset``, filtered and split exactly as SDPO's data scripts do;
+* a copy of the SDPO code release's ``datasets/`` folder (``data_dir`` of
+  :class:`SciKnowEvalTask` and :class:`ToolUseTask`): ``sciknoweval/<domain>/{train,test}.json``
+  and ``tooluse/{train,test}.json``. ToolAlpaca has no hub copy in that format; this folder is its source.
+
+A missing file is one line naming the file and where to get it (``FileNotFoundError``).
 
 Every row is checked on load; the first bad one stops with a one-line ``ValueError`` naming the
 task, the file (or hub id), the row and the field.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Optional, Sequence
@@ -33,11 +40,16 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 _SPLITS = ("train", "validation", "test")
 _DROP = ("embedding", "description", "tests", "uid", "data_source")  # unused or ours to add
+#: The SDPO code release, whose ``datasets/`` folder holds the papers' files in SDPO's format.
+SDPO_RELEASE = "https://github.com/lasgroup/SDPO"
 
 
 # ------------------------------------------------------------------ reading files
 class _FileTask:
     """Shared loading: one benchmark's ``{split}`` files (JSON lines or parquet)."""
+
+    #: How to get a missing file: the end of the one-line ``FileNotFoundError``.
+    missing_hint = "paths are relative to the working directory"
 
     def __init__(self, name: str, train_file: Optional[str], test_file: str) -> None:
         self.name = name
@@ -48,7 +60,8 @@ class _FileTask:
         every row checked (:meth:`check_row`).
 
         Raises:
-            FileNotFoundError: the file does not exist.
+            FileNotFoundError: (one line naming the task, the file and how to get it) the file
+                does not exist.
             ValueError: (one line naming the task, the file and, for a bad row, its 0-based row
                 index, for JSON its 1-based line, and the field) the file is empty, unreadable,
                 or a row is unusable. Raised here, before training, rather than mid-run.
@@ -57,7 +70,7 @@ class _FileTask:
         path = self.files[split]
         if path is None:
             raise ValueError(f"task {self.name!r} has no {split} file")
-        ds, rows = _read(self.name, path)
+        ds, rows = _read(self.name, path, self.missing_hint)
         line_of = None if _is_parquet(path) else (lambda i: _line_of(path, i))
         validate_rows(rows, path, self.name, self.check_row, line_of)
         return _with_uids(ds, self.name, split, rows)
@@ -89,15 +102,19 @@ def _is_parquet(path: str) -> bool:
     return str(path).endswith(".parquet")
 
 
-def _read(task: str, path: str) -> tuple["datasets.Dataset", list[dict[str, Any]]]:
-    """``path`` as a dataset (unused columns dropped) and its decoded rows."""
+def _read(task: str, path: str, hint: str) -> tuple["datasets.Dataset", list[dict[str, Any]]]:
+    """``path`` as a dataset (unused columns dropped) and its decoded rows; ``hint`` ends the
+    message when the file does not exist."""
     import datasets
 
     kind = "parquet" if _is_parquet(path) else "json"
+    missing = FileNotFoundError(f"task {task!r}: file not found: {path} ({hint})")
+    if "://" not in str(path) and not any(c in str(path) for c in "*?[") and not os.path.exists(path):
+        raise missing  # a plain local path: no need to ask the loader
     try:
         ds = datasets.load_dataset(kind, data_files=path, split="train")
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"task {task!r}: file not found: {path}") from exc
+        raise missing from exc
     except Exception as exc:  # empty: StopIteration/ValueError; bad JSON: DatasetGenerationError
         why = (_why_unreadable if kind == "json" else _why_unreadable_parquet)(path, exc)
         raise ValueError(f"task {task!r}: {path} {why}") from exc
@@ -233,6 +250,9 @@ class MultipleChoiceTask(_FileTask):
             ``</answer>`` scores 0 with ``pred`` None.
     """
 
+    missing_hint = ("paths are relative to the working directory; SciKnowEvalTask reads the papers' "
+                    "SciKnowEval rows from the hub")
+
     def __init__(self, name: str, test_file: str, train_file: Optional[str] = None,
                  require_tags: bool = False) -> None:
         super().__init__(name, train_file, test_file)
@@ -273,7 +293,8 @@ SCIKNOWEVAL_DOMAINS = {"biology": "Biology", "chemistry": "Chemistry", "material
 
 
 class SciKnowEvalTask(MultipleChoiceTask):
-    """SciKnowEval L3 MCQ of one domain, from the hub, as SDPO's data scripts build it.
+    """SciKnowEval L3 MCQ of one domain, from the hub as SDPO's data scripts build it, or from
+    a copy of the SDPO release's files.
 
     ``datasets.load_dataset(hub_id, split="test")``; keep the rows whose ``domain`` is the
     domain, ``type`` one of ``types`` and ``details.level`` one of ``levels``, in hub order;
@@ -283,36 +304,56 @@ class SciKnowEvalTask(MultipleChoiceTask):
     ``train_test_split(test_size, seed)`` gives train and test (= validation). With the
     defaults this reproduces the SDPO files row for row. Scoring as :class:`MultipleChoiceTask`.
 
+    With ``data_dir`` the hub is not used: the rows are read from
+    ``<data_dir>/sciknoweval/<domain>/train.json`` and ``test.json``, the layout of the
+    ``datasets/`` folder of the SDPO code release (:data:`SDPO_RELEASE`), and checked as
+    :class:`MultipleChoiceTask` checks them; ``hub_id``, ``revision``, ``levels``, ``types``,
+    ``test_size`` and ``seed`` are then unused.
+
     Args:
         domain: ``biology``, ``chemistry``, ``material`` or ``physics`` (any case).
         hub_id: a hub dataset id, or a local folder laid out like it (``data/*test*.jsonl``).
         revision: hub revision (commit) to pin; None: the default branch.
-        levels, types, test_size, seed: the paper's filter and split (paper-spec §1.9).
+        levels, types, test_size, seed: the paper's filter and split (docs/specification.md §1.9).
         name: data source name (default ``sciknoweval/<domain>``).
         require_tags: see :class:`MultipleChoiceTask`.
+        data_dir: a folder laid out like the SDPO release's ``datasets/`` (relative to the
+            working directory); None (default): the hub.
     """
 
     def __init__(self, domain: str, hub_id: str = "hicai-zju/SciKnowEval", revision: Optional[str] = None,
                  levels: Sequence[str] = ("L3",), types: Sequence[str] = ("mcq-4-choices", "mcq-2-choices"),
                  test_size: float = 0.1, seed: int = 42, name: Optional[str] = None,
-                 require_tags: bool = False) -> None:
+                 require_tags: bool = False, data_dir: Optional[str] = None) -> None:
         if str(domain).lower() not in SCIKNOWEVAL_DOMAINS:
             raise ValueError(f"domain: expected one of {sorted(SCIKNOWEVAL_DOMAINS)}, got {domain!r}")
         key = domain.lower()
-        super().__init__(name or f"sciknoweval/{key}", test_file=hub_id, train_file=hub_id,
+        folder = None if data_dir is None else os.path.join(str(data_dir), "sciknoweval", key)
+        test_file, train_file = (hub_id, hub_id) if folder is None else \
+            (os.path.join(folder, "test.json"), os.path.join(folder, "train.json"))
+        super().__init__(name or f"sciknoweval/{key}", test_file=test_file, train_file=train_file,
                          require_tags=require_tags)
         self.domain, self.hub_id, self.revision = SCIKNOWEVAL_DOMAINS[key], hub_id, revision
         self.levels, self.types, self.test_size, self.seed = list(levels), list(types), test_size, seed
+        self.data_dir = data_dir
+        self.missing_hint = (f"data_dir must hold sciknoweval/{key}/train.json and test.json, as the datasets "
+                             f"folder of the SDPO code release {SDPO_RELEASE} does; leave data_dir unset to "
+                             f"read {hub_id} from the hub; see docs/reproducing.md")
         self._splits: Optional[dict[str, "datasets.Dataset"]] = None
 
     def load(self, split: str) -> "datasets.Dataset":
-        """``split`` of the filtered rows (hub read once per task object).
+        """``split`` of the filtered rows (hub read once per task object), or of the files in
+        ``data_dir``.
 
         Raises:
+            FileNotFoundError: (one line naming the file and how to get it) with ``data_dir``,
+                a file is missing.
             ValueError: (one line) the hub dataset cannot be loaded, lacks a column, a kept row
                 has a missing or mistyped field (named with its row index in the hub split),
-                or no row passes the filter.
+                or no row passes the filter; with ``data_dir``, as :meth:`MultipleChoiceTask.load`.
         """
+        if self.data_dir is not None:
+            return super().load(split)
         _check_split(split)
         if self._splits is None:
             self._splits = self._build()
@@ -326,7 +367,8 @@ class SciKnowEvalTask(MultipleChoiceTask):
             raw = datasets.load_dataset(self.hub_id, split="test", revision=self.revision)
         except Exception as exc:
             raise ValueError(f"task {self.name!r}: datasets.load_dataset({self.hub_id!r}, split='test') "
-                             f"failed: {_one_line(exc)}") from exc
+                             f"failed: {_one_line(exc)} (offline? set data_dir to a copy of the datasets "
+                             f"folder of the SDPO code release {SDPO_RELEASE}; see docs/reproducing.md)") from exc
         rows = [self._sdpo_row(row, idx) for idx, row in enumerate(self._kept(raw))]
         if not rows:
             raise ValueError(f"task {self.name!r}: no row of {self.hub_id} has domain {self.domain!r}, "
@@ -491,23 +533,42 @@ class ToolUseTask(_FileTask):
     ``1.0`` and ``true`` are equal), both from :func:`parse_tool_calls`. ``pred`` is
     ``f"Actions: {names}, Inputs: {inputs}"`` (Python reprs, in text order, never None);
     ``format_ok`` is :func:`official_tool_format`; the feedback names the mismatch with the
-    expected calls, so it contains the gold answer: keep ``include_feedback`` off (pitfalls 14).
+    expected calls, so it contains the gold answer: keep ``include_feedback`` off
+    (docs/pitfalls.md#14).
+
+    No hub copy in SDPO's format is known: the SDPO code release (:data:`SDPO_RELEASE`) ships
+    the data in that format as ``datasets/tooluse/train.json`` (about 4,000 rows) and
+    ``test.json`` (68).
 
     Args:
-        test_file: JSON-lines (or ``.parquet``) test file (also the validation split).
-        train_file: training file (not shipped with the shared data).
+        test_file: JSON-lines (or ``.parquet``) test file (also the validation split); default
+            ``<data_dir>/tooluse/test.json``.
+        train_file: training file; default ``<data_dir>/tooluse/train.json`` (None without
+            ``data_dir``: evaluation only).
         name: the data source name (default ``tooluse``).
         parser: ``"official"`` (default, the papers' scores) or ``"json"``, the corrected
             parser, for inputs with nested objects and names with non-word characters (2 of
             the 68 test questions cannot score 1 under the official parser; docs/tasks.md).
+        data_dir: a folder laid out like the SDPO release's ``datasets/`` (relative to the
+            working directory), read for the files not given.
     """
 
-    def __init__(self, test_file: str, train_file: Optional[str] = None, name: str = "tooluse",
-                 parser: ToolParser = "official") -> None:
+    missing_hint = (f"ToolAlpaca in SDPO's format is datasets/tooluse/train.json and test.json of the "
+                    f"SDPO code release {SDPO_RELEASE}: set data_dir (--data.task.init_args.data_dir) "
+                    f"to that datasets folder or a copy of it; see docs/reproducing.md")
+
+    def __init__(self, test_file: Optional[str] = None, train_file: Optional[str] = None, name: str = "tooluse",
+                 parser: ToolParser = "official", data_dir: Optional[str] = None) -> None:
         if parser not in _PARSERS:
             raise ValueError(f"parser: expected one of {_PARSERS}, got {parser!r}")
+        if data_dir is not None:
+            folder = os.path.join(str(data_dir), "tooluse")
+            test_file = test_file or os.path.join(folder, "test.json")
+            train_file = train_file or os.path.join(folder, "train.json")
+        if test_file is None:
+            raise ValueError("ToolUseTask: give test_file or data_dir (a folder with tooluse/test.json)")
         super().__init__(name, train_file, test_file)
-        self.parser = parser
+        self.parser, self.data_dir = parser, data_dir
 
     @staticmethod
     def gold(row: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
