@@ -12,7 +12,7 @@ p̂ = 0 / mixed / 1 over training, and plots (PNG) for docs/results.md.
     python benchmarks/compare_algorithms.py --report-only      # re-read finished runs
     python benchmarks/compare_algorithms.py --out benchmarks/out/worked -- \
         --model.init_args.model_name_or_path /tmp/worked_asset --data.sampling.max_new_tokens 64 \
-        --data.val_sampling.max_new_tokens 64                    # another model, other settings
+        --data.evaluation.sampling.max_new_tokens 64                    # another model, other settings
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def cli(args: list[str], log: Path) -> float:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     t0 = time.time()
     with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "lit_scsdpo.cli", *args], cwd=ROOT, env=env,
+        rc = subprocess.run([sys.executable, "-m", "lit_scsdpo.entry", *args], cwd=ROOT, env=env,
                             stdout=f, stderr=subprocess.STDOUT).returncode
     if rc:
         raise RuntimeError(f"lit-scsdpo {' '.join(args[:3])} failed (rc={rc}); see {log}")
@@ -49,7 +49,7 @@ def common(algo: str, seed: int, run_dir: Path, opts) -> list[str]:
     return ["--config", str(ROOT / "configs" / "tiny" / "base.yaml"), "--config", str(ROOT / "configs" / "tiny" / f"{algo}.yaml"), "--seed_everything", str(seed),
             "--data.seed", str(seed), "--threads", "1",
             "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "run",
-            "--data.val_samples", str(opts.val_samples), *opts.overrides]
+            "--data.evaluation.samples", str(opts.val_samples), *opts.overrides]
 
 
 def run_one(algo: str, seed: int, opts) -> dict:

@@ -33,7 +33,7 @@ def read_phase_times(log_dir: str) -> dict[str, list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
+    ap.add_argument("--config", required=True, action="append", help="config files, in order (repeat)")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("extra", nargs="*", help="extra CLI overrides (after --)")
     args = ap.parse_args()
@@ -41,7 +41,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cli_main(["fit", "--config", args.config, "--trainer.max_epochs", str(args.epochs),
+        cli_main(["fit", *[a for c in args.config for a in ("--config", c)], "--trainer.max_epochs", str(args.epochs),
                   "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
                   "--trainer.logger.init_args.save_dir", tmp, "--trainer.enable_checkpointing", "false",
                   "--trainer.callbacks", "null", *args.extra])

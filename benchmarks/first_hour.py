@@ -30,7 +30,7 @@ SMALL = [
     "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2", "--trainer.num_sanity_val_steps", "0",
     "--data.task.init_args.train_size", "32", "--data.task.init_args.val_size", "4",
     "--data.questions_per_step", "4", "--data.rollouts_per_question", "2", "--data.micro_batch_questions", "4",
-    "--data.sampling.max_new_tokens", "8", "--data.val_samples", "2", "--data.val_sampling.max_new_tokens", "8",
+    "--data.sampling.max_new_tokens", "8", "--data.evaluation.samples", "2", "--data.evaluation.sampling.max_new_tokens", "8",
     "--trainer.enable_progress_bar", "false",
 ]
 
@@ -124,7 +124,7 @@ def main() -> None:
         "vLLM engine without vLLM": ([*fresh, *poison, "--data.engine", "lit_scsdpo.rollout.VLLMEngine"], None),
         "GPU accelerator on a CPU machine": ([*fresh, *poison, "--trainer.accelerator", "gpu"], None),
         "training temperature 0": ([*fresh, *poison, "--data.sampling.temperature", "0"], None),
-        "validation temperature 0": ([*fresh, "--data.val_sampling.temperature", "0",
+        "validation temperature 0": ([*fresh, "--data.evaluation.sampling.temperature", "0",
                                       "--trainer.logger.init_args.save_dir", str(work / "greedy")], None),
         "truncated checkpoint": ([*base, "--ckpt_path", str(truncated), "--trainer.max_epochs", "3"], None),
         "garbage checkpoint": ([*base, "--ckpt_path", str(garbage), "--trainer.max_epochs", "3"], None),
@@ -132,7 +132,7 @@ def main() -> None:
         "bad model path": ([*fresh, "--model.init_args.model_name_or_path", str(work / "no-model")], None),
         "typo in a model key": ([*fresh, *poison, "--model.init_args.alpah", "0.5"], None),
         "negative lr -1e-5": ([*fresh, *poison, "--model.init_args.optim.lr", "-1e-5"], None),
-        "bad val_sampling.temperature": ([*fresh, *poison, "--data.val_sampling.temperature", "-1"], None),
+        "bad evaluation.sampling.temperature": ([*fresh, *poison, "--data.evaluation.sampling.temperature", "-1"], None),
         "--help": (["--help"], None),
         "fit --help": (["fit", "--help"], None),
     }

@@ -102,14 +102,14 @@ def run_one(arm: str, seed: int, opts) -> None:
             "--seed_everything", str(seed), "--data.seed", str(seed), "--threads", "1",
             "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", "run",
             "--trainer.max_epochs", str(opts.steps), "--trainer.check_val_every_n_epoch", str(opts.val_every),
-            "--data.val_samples", str(opts.val_samples), "--trainer.enable_progress_bar", "false", *opts.overrides]
+            "--data.evaluation.samples", str(opts.val_samples), "--trainer.enable_progress_bar", "false", *opts.overrides]
     last = sorted(out.glob("run/version_*/checkpoints/last.ckpt"))
     if last:  # a run cut short: continue it (bit-exact resume, same log folder)
         args += ["--ckpt_path", str(last[-1])]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     t0 = time.time()
     with open(out / "fit.log", "a") as f:
-        rc = subprocess.run([sys.executable, "-m", "lit_scsdpo.cli", *args], cwd=ROOT, env=env,
+        rc = subprocess.run([sys.executable, "-m", "lit_scsdpo.entry", *args], cwd=ROOT, env=env,
                             stdout=f, stderr=subprocess.STDOUT).returncode
     if rc:
         raise RuntimeError(f"{arm} seed {seed} failed (rc={rc}); see {out / 'fit.log'}")

@@ -257,7 +257,7 @@ def export_hf(ckpt_path: PathLike, out_dir: PathLike, teacher: bool = False, dty
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``lit-scsdpo export ...`` / ``lit-scsdpo consolidate ...`` (dispatched from ``lit_scsdpo.cli.main``)."""
+    """``lit-scsdpo export ...`` / ``lit-scsdpo consolidate ...`` (dispatched from ``lit_scsdpo.entry.main``)."""
     parser = argparse.ArgumentParser(prog="lit-scsdpo", description="checkpoint tools (see docs/export.md)")
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="write the policy (and teacher) as a Hugging Face model folder")

@@ -147,7 +147,7 @@ class _Parser(LightningArgumentParser):
     """Parse errors as one line and a hint (``LIT_SCSDPO_TRACEBACK=1``: the parser's full message)."""
 
     def error(self, message: str, ex: Optional[Exception] = None):  # noqa: D102
-        from .entry import TRACEBACK_ENV, condense_parser_message
+        from .errors import TRACEBACK_ENV, condense_parser_message
 
         if os.environ.get(TRACEBACK_ENV) or getattr(self, "exit_on_error", True) is False:
             return super().error(message, ex)
@@ -255,10 +255,11 @@ class RLCLI(LightningCLI):
             for note in launch.check_resume(self._ckpt_meta, self._run_config, str(ckpt)):
                 _say(note)
         data = config.get("data")
-        for name in ("sampling", "val_sampling"):
-            values = launch.plain(data.get(name)) if data is not None else None
+        plain_data = launch.plain(data) if data is not None else {}
+        for name, values in [("data.sampling", plain_data.get("sampling")),
+                             ("data.evaluation.sampling", (plain_data.get("evaluation") or {}).get("sampling"))]:
             if isinstance(values, dict):
-                SamplingConfig.check_values(values, f"data.{name}")
+                SamplingConfig.check_values(values, name)
         dm = _instantiate_datamodule(data)
         model = config.get("model")
         cls = _import(str(model.class_path)) if model is not None and model.get("class_path") else PolicyOptimization
@@ -420,24 +421,3 @@ def _quiet_progress_bars() -> None:
 def _import(class_path: str) -> Any:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-def main(args: list[str] | None = None) -> None:
-    """``python -m lit_scsdpo.cli``: the console script's front door (:mod:`lit_scsdpo.entry`)."""
-    from .entry import main as entry_main
-
-    entry_main(args)
-
-
-def destroy_process_group() -> None:
-    """Tear the process group down before the interpreter exits: left to static destructors,
-    gloo's worker threads occasionally abort the process after a successful DDP run
-    ("terminate called without an active exception", exit -6)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

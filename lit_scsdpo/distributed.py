@@ -61,3 +61,13 @@ def contribution_scale(world_size: int) -> int:
     normalisers) sum to the global loss, and DDP / FSDP average gradients over ranks, so each
     rank's contribution is multiplied by the world size to make the average the sum."""
     return max(1, int(world_size))
+
+
+def destroy_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left to static destructors,
+    gloo's worker threads occasionally abort the process after a successful DDP run
+    ("terminate called without an active exception", exit -6)."""
+    if initialized():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()

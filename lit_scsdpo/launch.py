@@ -40,7 +40,7 @@ SAFE_ON_RESUME = (
     # validation: when, and what is evaluated (its rollouts have their own seeds)
     "trainer.check_val_every_n_epoch", "trainer.val_check_interval", "trainer.num_sanity_val_steps",
     "trainer.limit_val_batches", "trainer.limit_test_batches",
-    "data.val_samples", "data.val_sampling*", "data.val_questions",
+    "data.evaluation*",
     # logging, progress, saving
     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.logger*", "trainer.default_root_dir",

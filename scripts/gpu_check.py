@@ -183,6 +183,7 @@ def build(args: argparse.Namespace):
     from lit_scsdpo import SDPO, OptimConfig, RolloutDataModule
     from lit_scsdpo.callbacks import DifficultyWeighting
     from lit_scsdpo.config import DistillationConfig, RepromptConfig, TeacherConfig
+    from lit_scsdpo.data import EvaluationConfig
     from lit_scsdpo.rollout import SamplingConfig
     from lit_scsdpo.tasks import ArithmeticTask
 
@@ -191,13 +192,11 @@ def build(args: argparse.Namespace):
                  teacher=TeacherConfig(mode="ema", rate=0.05), reprompt=RepromptConfig(max_teacher_prompt_tokens=512),
                  optim=OptimConfig(lr=args.lr, warmup_steps=0, weight_decay=0.0, grad_clip=1.0),
                  torch_dtype="bfloat16", gradient_checkpointing=True, logits_chunk_size=256)
-    dm = RolloutDataModule(
-        ArithmeticTask(levels=[0, 1, 2], train_size=512, val_size=8, test_size=8),
-        questions_per_step=args.questions, rollouts_per_question=args.rollouts,
-        micro_batch_questions=max(1, args.questions // 2),  # 2 micro-batches: gradient accumulation
-        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens),
-        val_samples=2, max_prompt_tokens=256,
-    )
+    dm = RolloutDataModule(ArithmeticTask(levels=[0, 1, 2], train_size=512, val_size=8, test_size=8),
+                           questions_per_step=args.questions, rollouts_per_question=args.rollouts,
+                           micro_batch_questions=max(1, args.questions // 2),
+                           sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens),
+                           evaluation=EvaluationConfig(samples=2), max_prompt_tokens=256)
     return model, dm, DifficultyWeighting(exponent=0.5, normalization="batch_mean", scope="all")
 
 

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from lit_scsdpo import GRPO, SDPO, DifficultyWeighting, OptimConfig, RolloutDataModule, RunCheckpoint, sharding  # noqa: E402
 from lit_scsdpo.config import DistillationConfig, RepromptConfig  # noqa: E402
+from lit_scsdpo.data import EvaluationConfig  # noqa: E402
 from lit_scsdpo.rollout import Generations, HFGenerateEngine, SamplingConfig  # noqa: E402
 from lit_scsdpo.tasks import ArithmeticTask  # noqa: E402
 
@@ -151,9 +152,10 @@ def main() -> None:
     # (the shared-prefix path differs by float rounding, which AdamW's first step amplifies on
     # near-zero gradients beyond the 1e-3·lr the parity tests allow)
     model.share_student_prefix = False
-    dm = RolloutDataModule(ArithmeticTask(levels=[0, 1, 2], train_size=64, val_size=4), engine=PromptSeededEngine(),
-                           questions_per_step=4, rollouts_per_question=4, micro_batch_questions=1,
-                           sampling=SamplingConfig(1.0, 1.0, 12), val_samples=2, max_prompt_tokens=128)
+    dm = RolloutDataModule(ArithmeticTask(levels=[0, 1, 2], train_size=64, val_size=4),
+                           engine=PromptSeededEngine(), questions_per_step=4, rollouts_per_question=4,
+                           micro_batch_questions=1, sampling=SamplingConfig(1.0, 1.0, 12),
+                           evaluation=EvaluationConfig(samples=2), max_prompt_tokens=128)
     callbacks = [Recorder(args.out), DifficultyWeighting()]
     if args.ckpt_dir:
         callbacks.append(RunCheckpoint(dirpath=args.ckpt_dir, every_n_epochs=100))

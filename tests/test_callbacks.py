@@ -14,7 +14,7 @@ from lit_scsdpo import SDPO, DifficultyWeighting, RolloutDataModule
 from lit_scsdpo.callbacks import CurriculumLogger, MajorityVoteEvaluation
 from lit_scsdpo.callbacks.curriculum import colormap, effective_sample_size
 from lit_scsdpo.config import DistillationConfig
-from lit_scsdpo.data import Rollouts
+from lit_scsdpo.data import EvaluationConfig, Rollouts
 from lit_scsdpo.rollout import SamplingConfig
 from lit_scsdpo.tasks import Score
 
@@ -70,7 +70,7 @@ def test_evaluation_values_by_hand():
     assert out["hard"]["format_rate"] == pytest.approx(0.75)
     assert out["all"]["response_length"] == pytest.approx(3.0)
     assert 0.0 <= out["hard"]["maj@4"] <= 1.0
-    with pytest.raises(ValueError, match="val_samples"):
+    with pytest.raises(ValueError, match="data.evaluation.samples"):
         MajorityVoteEvaluation(k=8).compute(rollouts_for_eval(), ["easy", "hard"], torch.device("cpu"))
 
 
@@ -87,9 +87,9 @@ def read_events(log_dir):
 def test_callbacks_write_tensorboard_events(tiny_model_path, tmp_path):
     torch.manual_seed(0)
     model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
-    dm = RolloutDataModule(DigitTask(train_size=16, val_size=6, test_size=6, levels=[0, 1]), questions_per_step=4,
-                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=4,
-                           val_sampling=SamplingConfig(0.6, 0.95, 8))
+    dm = RolloutDataModule(DigitTask(train_size=16, val_size=6, test_size=6, levels=[0, 1]),
+                           questions_per_step=4, rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8),
+                           evaluation=EvaluationConfig(samples=4, sampling=SamplingConfig(0.6, 0.95, 8)))
     curriculum = CurriculumLogger(heatmap_every_n_epochs=1)
     evaluation = MajorityVoteEvaluation()
     trainer = pl.Trainer(max_epochs=5, reload_dataloaders_every_n_epochs=1, check_val_every_n_epoch=2,
@@ -183,9 +183,10 @@ def test_evaluation_steps_baseline_and_test_stage(tiny_model_path, tmp_path, cap
     `trainer.test` logs test/<source>/... and prints the table."""
     torch.manual_seed(0)
     model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
-    dm = RolloutDataModule(DigitTask(train_size=16, val_size=6, test_size=6, levels=[0, 1]), questions_per_step=4,
-                           rollouts_per_question=4, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 8),
-                           val_samples=4, val_sampling=SamplingConfig(0.6, 0.95, 8))
+    dm = RolloutDataModule(DigitTask(train_size=16, val_size=6, test_size=6, levels=[0, 1]),
+                           questions_per_step=4, rollouts_per_question=4, micro_batch_questions=2,
+                           sampling=SamplingConfig(1.0, 1.0, 8),
+                           evaluation=EvaluationConfig(samples=4, sampling=SamplingConfig(0.6, 0.95, 8)))
     evaluation = MajorityVoteEvaluation()
     trainer = pl.Trainer(max_epochs=2, reload_dataloaders_every_n_epochs=1, check_val_every_n_epoch=1,
                          num_sanity_val_steps=-1, logger=TensorBoardLogger(tmp_path, name="ev"),
@@ -246,8 +247,9 @@ def test_step_progress_bar_counts_optimizer_steps(tiny_model_path, tmp_path):
     torch.manual_seed(0)
     model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
-                           rollouts_per_question=2, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 6),
-                           val_samples=2, val_sampling=SamplingConfig(1.0, 1.0, 6))
+                           rollouts_per_question=2, micro_batch_questions=2,
+                           sampling=SamplingConfig(1.0, 1.0, 6),
+                           evaluation=EvaluationConfig(samples=2, sampling=SamplingConfig(1.0, 1.0, 6)))
     screen = io.StringIO()
     bar = StepProgressBar(console_kwargs={"file": screen, "force_terminal": True, "width": 250})
     trainer = pl.Trainer(max_epochs=2, reload_dataloaders_every_n_epochs=1, check_val_every_n_epoch=2,
@@ -274,8 +276,8 @@ def test_resumed_run_logs_its_first_validation_at_its_step(tiny_model_path, tmp_
     def make():
         torch.manual_seed(0)
         dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
-                               rollouts_per_question=2, sampling=SamplingConfig(1.0, 1.0, 6), val_samples=2,
-                               val_sampling=SamplingConfig(1.0, 1.0, 6))
+                               rollouts_per_question=2, sampling=SamplingConfig(1.0, 1.0, 6),
+                               evaluation=EvaluationConfig(samples=2, sampling=SamplingConfig(1.0, 1.0, 6)))
         return SDPO(tiny_model_path, distillation=DistillationConfig(topk=10)), dm
 
     def trainer(epochs, name):

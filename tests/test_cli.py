@@ -44,8 +44,8 @@ def small_overrides(model_path, log_dir):
         "--data.rollouts_per_question", "4",
         "--data.micro_batch_questions", "2",
         "--data.sampling.max_new_tokens", "10",
-        "--data.val_samples", "2",
-        "--data.val_sampling.max_new_tokens", "10",
+        "--data.evaluation.samples", "2",
+        "--data.evaluation.sampling.max_new_tokens", "10",
     ]
 
 
@@ -159,7 +159,7 @@ def test_paper_config_parses():
     assert (m["optim"]["lr"], m["teacher"]["rate"], m["distillation"]["topk"], m["distillation"]["alpha"]) == \
         (1e-5, 0.05, 100, 0.5)
     assert (cfg["data"]["questions_per_step"], cfg["data"]["rollouts_per_question"]) == (32, 8)
-    assert cfg["data"]["val_sampling"] == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8192}
+    assert cfg["data"]["evaluation"]["sampling"] == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8192}
 
 
 def test_paper_recipe_runs_sharded_on_two_cpu_processes_then_resumes_on_one(tmp_path):
@@ -178,7 +178,7 @@ def test_paper_recipe_runs_sharded_on_two_cpu_processes_then_resumes_on_one(tmp_
               "--data.task", "lit_scsdpo.tasks.ArithmeticTask", "--data.task.init_args.levels", "[0, 1, 2]",
               "--data.task.init_args.train_size", "64", "--data.task.init_args.val_size", "4",
               "--data.questions_per_step", "4", "--data.rollouts_per_question", "4",
-              "--data.sampling.max_new_tokens", "12", "--data.val_sampling.max_new_tokens", "12",
+              "--data.sampling.max_new_tokens", "12", "--data.evaluation.sampling.max_new_tokens", "12",
               "--data.max_prompt_tokens", "128", "--threads", "1",
               "--data.engine", "lit_scsdpo.rollout.HFGenerateEngine"]  # vLLM: tests/test_vllm.py
     out = run_cli(["fit", "--config", str(paper), *shrink, "--trainer.devices", "2", "--trainer.max_epochs", "2"],

@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_scsdpo import SDPO, OptimConfig, RolloutDataModule
 from lit_scsdpo import checkpoints as C
-from lit_scsdpo.cli import main as cli_main
+from lit_scsdpo.data import EvaluationConfig
+from lit_scsdpo.entry import main as cli_main
 from lit_scsdpo.config import TeacherConfig
 from lit_scsdpo.rollout import SamplingConfig
 
@@ -43,7 +44,8 @@ def run_cli(*args):
 
 def fit(model, root, epochs, ckpt_path=None, callbacks=()):
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
-                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
+                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8),
+                           evaluation=EvaluationConfig(samples=2))
     trainer = pl.Trainer(log_every_n_steps=1, max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=root, limit_val_batches=0,
                          reload_dataloaders_every_n_epochs=1, callbacks=list(callbacks))
@@ -68,7 +70,8 @@ def trained(tiny_model_path, tmp_path_factory):
     """SDPO fitted 2 steps (lr 1e-3, so policy and EMA teacher moved), a .ckpt and a sharded folder."""
     root = tmp_path_factory.mktemp("trained")
     pl.seed_everything(0)
-    module = SDPO(str(tiny_model_path), optim=OptimConfig(lr=1e-3, warmup_steps=0), teacher=TeacherConfig(rate=0.5))
+    module = SDPO(str(tiny_model_path), optim=OptimConfig(lr=1e-3, warmup_steps=0),
+                  teacher=TeacherConfig(rate=0.5))
     initial = {k: v.clone() for k, v in module.state_dict().items()}
     trainer = fit(module, root, epochs=2)
     assert trainer.global_step == 2
@@ -198,7 +201,8 @@ def test_consolidate_then_resume_single_process(trained, tiny_model_path, tmp_pa
 
     pl.seed_everything(1)
     seen = Restored()
-    resumed = SDPO(str(tiny_model_path), optim=OptimConfig(lr=1e-3, warmup_steps=0), teacher=TeacherConfig(rate=0.5))
+    resumed = SDPO(str(tiny_model_path), optim=OptimConfig(lr=1e-3, warmup_steps=0),
+                   teacher=TeacherConfig(rate=0.5))
     new = fit(resumed, tmp_path, epochs=3, ckpt_path=out, callbacks=[seen])
     assert seen.step == 2 and new.global_step == 3 and new.current_epoch == 3
     assert seen.lr == trainer.lr_scheduler_configs[0].scheduler.last_epoch

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from lit_scsdpo import launch
-from lit_scsdpo.entry import condense_parser_message, join_negative_values, one_line
+from lit_scsdpo.entry import join_negative_values
+from lit_scsdpo.errors import condense_parser_message, one_line
 
 from .test_cli import CONFIGS, read_scalars, run_cli, tiny_config
 
@@ -22,7 +23,7 @@ SMALL = [
     "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2", "--trainer.num_sanity_val_steps", "0",
     "--data.task.init_args.train_size", "32", "--data.task.init_args.val_size", "4",
     "--data.questions_per_step", "4", "--data.rollouts_per_question", "2", "--data.micro_batch_questions", "2",
-    "--data.sampling.max_new_tokens", "8", "--data.val_samples", "2", "--data.val_sampling.max_new_tokens", "8",
+    "--data.sampling.max_new_tokens", "8", "--data.evaluation.samples", "2", "--data.evaluation.sampling.max_new_tokens", "8",
     "--trainer.enable_progress_bar", "false",
 ]
 
@@ -32,7 +33,7 @@ def test_resume_differences_refuse_what_changes_the_run_and_apply_the_rest():
     recorded = {"model": {"class_path": "lit_scsdpo.GRPO", "init_args": {"optim": {"lr": 5e-5}, "grpo": {"eps_high": 0.28}}},
                 "trainer": {"max_epochs": 2, "callbacks": [{"class_path": "lit_scsdpo.callbacks.RunCheckpoint",
                                                             "init_args": {"every_n_epochs": 25}}]},
-                "data": {"rollouts_per_question": 8, "val_samples": 8}, "seed_everything": 0}
+                "data": {"rollouts_per_question": 8, "evaluation": {"samples": 8}}, "seed_everything": 0}
     same = json.loads(json.dumps(recorded))
     assert launch.resume_differences(recorded, same) == ([], [])
     given = json.loads(json.dumps(recorded))
@@ -40,12 +41,12 @@ def test_resume_differences_refuse_what_changes_the_run_and_apply_the_rest():
     given["trainer"]["max_epochs"] = 3
     given["trainer"]["callbacks"][0]["init_args"]["every_n_epochs"] = 5
     given["trainer"]["callbacks"].append({"class_path": "lit_scsdpo.callbacks.DifficultyWeighting"})
-    given["data"]["val_samples"] = 16
+    given["data"]["evaluation"]["samples"] = 16
     given["ckpt_path"] = "ignored"
     refused, applied = launch.resume_differences(recorded, given)
     assert refused == ["model.init_args.optim.lr: 5e-05 -> 0.001",
                        "trainer.callbacks[DifficultyWeighting]: '<unset>' -> 'present'"]
-    assert applied == ["data.val_samples: 8 -> 16", "trainer.callbacks[RunCheckpoint].every_n_epochs: 25 -> 5",
+    assert applied == ["data.evaluation.samples: 8 -> 16", "trainer.callbacks[RunCheckpoint].every_n_epochs: 25 -> 5",
                        "trainer.max_epochs: 2 -> 3"]
     assert launch.resume_differences({"a": 1}, {"a": 1.0}) == ([], [])  # 1 == 1.0: yaml spells floats either way
 
@@ -144,7 +145,7 @@ def test_first_hour_launches(tmp_path):
         "no vLLM": ([*fresh, "--data.engine", "lit_scsdpo.rollout.VLLMEngine"], "vllm is not installed"),
         "GPU on CPU": ([*fresh, "--trainer.accelerator", "gpu"], "no CUDA GPU is visible"),
         "temperature 0": ([*fresh, "--data.sampling.temperature", "0"], "data.sampling.temperature=0"),
-        "val temperature -1": ([*fresh, "--data.val_sampling.temperature", "-1"], "data.val_sampling.temperature"),
+        "val temperature -1": ([*fresh, "--data.evaluation.sampling.temperature", "-1"], "data.evaluation.sampling.temperature"),
         "negative lr": ([*fresh, "--model.init_args.optim.lr", "-1e-5"], "model.optim.lr must be > 0"),
         "typo": ([*fresh, "--model.init_args.alpah", "0.5"], "Option 'alpah' is not accepted"),
     }

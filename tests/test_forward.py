@@ -226,7 +226,8 @@ def test_student_prefix_sharing_leaves_losses_and_gradients_unchanged(tiny_model
 
     from .test_pins import batch_of, make_rollouts, perturb_teacher
 
-    base = GRPO(tiny_model_path) if algo == "grpo" else SDPO(tiny_model_path, distillation=DistillationConfig(topk=10))
+    base = GRPO(tiny_model_path) if algo == "grpo" else SDPO(tiny_model_path,
+                distillation=DistillationConfig(topk=10))
     if algo == "sdpo":
         perturb_teacher(base)
     rewards = [1, 1, 0, 0] + [1, 0, 0, 0] + [1, 1, 1, 0]

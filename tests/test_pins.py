@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from lit_scsdpo import SDPO, OptimConfig
 from lit_scsdpo.callbacks import DifficultyWeighting
 from lit_scsdpo.config import DistillationConfig, TeacherConfig
-from lit_scsdpo.data import Rollouts, collate_rollouts, step_info
+from lit_scsdpo.data import EvaluationConfig, Rollouts, collate_rollouts, step_info
 from lit_scsdpo.tasks import Score
 
 # prompts of clearly different lengths (11, 13 and 30 tokens), so the left padding differs
@@ -405,12 +405,13 @@ def test_ema_teacher_updates_after_each_optimizer_step(tiny_model_path, tmp_path
     # a large LR: Adam moves every parameter by ~lr, far above float noise, so θ'_k and the
     # mutants' values are clearly apart (a zero-gradient step would be skipped whole, with no
     # EMA: the guard on θ_k − θ_{k−1} below says the rollouts did give a gradient)
-    model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10), teacher=TeacherConfig(rate=rate), optim=OptimConfig(lr=1e-2, warmup_steps=0))
+    model = SDPO(tiny_model_path, distillation=DistillationConfig(topk=10), teacher=TeacherConfig(rate=rate),
+                 optim=OptimConfig(lr=1e-2, warmup_steps=0))
     theta0 = _flat(model.policy.parameters())
     assert torch.equal(_flat(model.teacher.weights.parameters()), theta0)
     dm = RolloutDataModule(DigitTask(train_size=16, val_size=4, test_size=4), questions_per_step=4,
-                           rollouts_per_question=4, micro_batch_questions=2, sampling=SamplingConfig(1.0, 1.0, 6),
-                           val_samples=2)
+                           rollouts_per_question=4, micro_batch_questions=2,
+                           sampling=SamplingConfig(1.0, 1.0, 6), evaluation=EvaluationConfig(samples=2))
     rec = _Recorder()
     trainer = pl.Trainer(log_every_n_steps=1, max_epochs=2, reload_dataloaders_every_n_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -49,7 +49,8 @@ def test_smollm2_trains_two_sdpo_steps_on_cpu(smollm2):
 
     torch.set_num_threads(2)
     pl.seed_everything(0)
-    model = SDPO(smollm2, optim=OptimConfig(lr=1e-5, warmup_steps=0), logits_chunk_size=256, reprompt=RepromptConfig(max_teacher_prompt_tokens=256))
+    model = SDPO(smollm2, optim=OptimConfig(lr=1e-5, warmup_steps=0), logits_chunk_size=256,
+                 reprompt=RepromptConfig(max_teacher_prompt_tokens=256))
     assert model.policy.config.vocab_size == 49152 and sum(p.numel() for p in model.policy.parameters()) > 1e8
     start = {k: v.clone() for k, v in model.policy.state_dict().items() if "layers.0." in k}
     dm = RolloutDataModule(DigitTask(levels=[1, 2], train_size=32, val_size=2, test_size=2), questions_per_step=2,

@@ -130,8 +130,8 @@ def test_every_recipe_has_the_paper_settings(parsed):
         assert d["engine"]["class_path"] == "lit_scsdpo.rollout.VLLMEngine", where
         assert d["engine"]["init_args"]["max_model_len"] == 10240, where
         assert d["sampling"] == {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8192}, where
-        assert d["val_samples"] == 16, where
-        assert d["val_sampling"] == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8192}, where
+        assert d["evaluation"]["samples"] == 16, where
+        assert d["evaluation"]["sampling"] == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8192}, where
         assert (d["max_prompt_tokens"], d["enable_thinking"], d["success_threshold"]) == (2048, False, 0.5), where
         # task: SciKnowEval from the hub, ToolAlpaca (not on the hub in SDPO's format) from data/tooluse/
         t = d["task"]
@@ -265,8 +265,8 @@ def test_recipe_runs_one_step_with_the_tiny_model(tmp_path):
               "--data.task", "lit_scsdpo.tasks.ArithmeticTask", "--data.task.init_args.levels", "[0, 1, 2]",
               "--data.task.init_args.train_size", "64", "--data.task.init_args.val_size", "4",
               "--data.questions_per_step", "4", "--data.rollouts_per_question", "4",
-              "--data.sampling.max_new_tokens", "12", "--data.val_samples", "4",
-              "--data.val_sampling.max_new_tokens", "12", "--data.max_prompt_tokens", "128", "--threads", "1"]
+              "--data.sampling.max_new_tokens", "12", "--data.evaluation.samples", "4",
+              "--data.evaluation.sampling.max_new_tokens", "12", "--data.max_prompt_tokens", "128", "--threads", "1"]
     out = run_cli(["fit", *config_args(recipe("qwen3_8b", "scsdpo", "chemistry")), *shrink], timeout=240)
     assert out.returncode == 0, out.stderr[-5000:]
     run_dir = tmp_path / "scsdpo" / "chemistry" / "version_0"  # <root>/<algo>/<task>/version_N

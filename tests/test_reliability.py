@@ -15,6 +15,7 @@ from lit_scsdpo import GRPO, SDPO, OptimConfig, RolloutDataModule, interrupt
 from lit_scsdpo.callbacks import DifficultyWeighting
 from lit_scsdpo.callbacks.checkpoint import RunCheckpoint
 from lit_scsdpo.config import DistillationConfig, GRPOConfig, RepromptConfig, TeacherConfig
+from lit_scsdpo.data import EvaluationConfig
 from lit_scsdpo.rollout import SamplingConfig
 from lit_scsdpo.tasks import ArithmeticTask, Score
 
@@ -53,7 +54,7 @@ def fit(tmp, model_path, epochs, task=None, ckpt=None, every=2, updates=1):
     model = SDPO(model_path, optim=OptimConfig(lr=1e-3, warmup_steps=0))
     dm = RolloutDataModule(task or DigitTask(train_size=64, val_size=4, test_size=4), questions_per_step=4,
                            rollouts_per_question=4, updates_per_batch=updates, micro_batch_questions=2,
-                           sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
+                           sampling=SamplingConfig(1.0, 1.0, 8), evaluation=EvaluationConfig(samples=2))
     rec = Recorder()
     trainer = pl.Trainer(log_every_n_steps=1, max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp, check_val_every_n_epoch=3, num_sanity_val_steps=-1,
@@ -200,7 +201,8 @@ def test_token_mean_normaliser_counts_only_rows_with_a_teacher(tiny_model_path):
     (before: it counted every row of the self-distillation mask)."""
     from lit_scsdpo.teacher import self_distillation_mask
 
-    model = SDPO(tiny_model_path, loss_agg_mode="token-mean", reprompt=RepromptConfig(max_teacher_prompt_tokens=12))
+    model = SDPO(tiny_model_path, loss_agg_mode="token-mean",
+                 reprompt=RepromptConfig(max_teacher_prompt_tokens=12))
     r = make_rollouts(model.tokenizer, [1, 1, 0, 0] + [1, 0, 0, 0])
     batch = batch_of(r, pad=model.tokenizer.pad_token_id)
     sd = self_distillation_mask(batch.step.rewards.tolist(), batch.step.group_ids.tolist(), [False] * 8)

@@ -52,7 +52,7 @@ def test_arm_configs_as_the_cli_parses_them(arm, tmp_path, capsys, monkeypatch):
              "--config", str(ROOT / "configs" / "tiny" / "worked.yaml"), "--config", str(config), "--print_config"])
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["init_args"]["model_name_or_path"] == "asset:tiny-qwen3-worked"
-    assert cfg["data"]["sampling"]["max_new_tokens"] == 64 and cfg["data"]["val_sampling"]["max_new_tokens"] == 64
+    assert cfg["data"]["sampling"]["max_new_tokens"] == 64 and cfg["data"]["evaluation"]["sampling"]["max_new_tokens"] == 64
     names = [c["class_path"].rsplit(".", 1)[1] for c in cfg["trainer"]["callbacks"]]
     assert "MajorityVoteEvaluation" in names and "RunCheckpoint" in names
     found = [c["init_args"] for c in cfg["trainer"]["callbacks"] if c["class_path"] == ws.WEIGHTING]

@@ -4,6 +4,7 @@ every branch of SDPO / SC-SDPO / GRPO runs in tests without a pretrained model."
 
 from typing import Any
 
+from lit_scsdpo.data import EvaluationConfig
 from lit_scsdpo.tasks import ArithmeticTask, Score
 
 
@@ -36,7 +37,8 @@ def fit_briefly(model, tmp_path, epochs: int, train_size: int = 16):
     from lit_scsdpo.rollout import SamplingConfig
 
     dm = RolloutDataModule(DigitTask(train_size=train_size, val_size=4, test_size=4), questions_per_step=4,
-                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8), val_samples=2)
+                           rollouts_per_question=4, sampling=SamplingConfig(1.0, 1.0, 8),
+                           evaluation=EvaluationConfig(samples=2))
     trainer = pl.Trainer(log_every_n_steps=1, max_epochs=epochs, reload_dataloaders_every_n_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path, limit_val_batches=0)

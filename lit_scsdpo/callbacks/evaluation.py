@@ -2,7 +2,7 @@
 
 The evaluation samples are drawn once per validation (or test) run by the DataModule's
 ``val_dataloader`` / ``test_dataloader`` with the evaluation sampling settings
-(``data.val_samples`` = k, default 16; ``data.val_sampling``: temperature 0.6, top-p 0.95, as
+(``data.evaluation.samples`` = k, default 16; ``data.evaluation.sampling``: temperature 0.6, top-p 0.95, as
 in the papers), and scored by the task's verifier. This callback turns them into
 torchmetrics (distributed-safe, per data source and ``all``), logs ``val/<source>/mean@k``
 (``test/<source>/...`` under ``lit-scsdpo test``), ``maj@k`` (verl's bootstrap, the paper's
@@ -35,7 +35,7 @@ class MajorityVoteEvaluation(pl.Callback):
     """Evaluation metrics on the validation (and test) rollouts.
 
     Args:
-        k: samples per question used by the metrics (default: all drawn, ``data.val_samples``).
+        k: samples per question used by the metrics (default: all drawn, ``data.evaluation.samples``).
         n_bootstrap: resamples of verl's bootstrap maj@k (1000 in verl).
         seed: seed of the bootstrap (42 in verl).
         print_table: print the per-source table after ``validate`` / ``test``.
@@ -68,7 +68,7 @@ class MajorityVoteEvaluation(pl.Callback):
         n = rollouts.group_size
         k = self.k or n
         if k > n:
-            raise ValueError(f"MajorityVoteEvaluation.k={k} but only data.val_samples={n} samples were drawn")
+            raise ValueError(f"MajorityVoteEvaluation.k={k} but only data.evaluation.samples={n} samples were drawn")
         Q = rollouts.num_questions
         q_sources = [str(row.get("data_source", "all")) for row in rollouts.rows]
         scores = rollouts.rewards.view(Q, n)

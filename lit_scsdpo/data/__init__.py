@@ -11,11 +11,11 @@
 """
 
 from .batch import Rollouts, RolloutBatch, StepInfo, collate_rollouts, step_info
-from .datamodule import RolloutDataModule, check_group_size
+from .datamodule import EvaluationConfig, RolloutDataModule, check_group_size
 from .planning import MicroBatchPlan, PlannedBatches, plan_micro_batches
 from .sampler import QuestionSampler, stream_seed
 from .scoring import SafeScorer, pass_rate_shares, rollout_stats
 
 __all__ = ["Rollouts", "RolloutBatch", "StepInfo", "collate_rollouts", "step_info", "RolloutDataModule",
-           "check_group_size", "MicroBatchPlan", "PlannedBatches", "plan_micro_batches", "QuestionSampler",
+           "EvaluationConfig", "check_group_size", "MicroBatchPlan", "PlannedBatches", "plan_micro_batches", "QuestionSampler",
            "stream_seed", "SafeScorer", "pass_rate_shares", "rollout_stats"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -34,6 +35,31 @@ from .sampler import QuestionSampler
 from .scoring import SafeScorer, rollout_stats
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationConfig:
+    """How validation and test draw their responses (the papers' protocol: 16 samples per
+    question at temperature 0.6, top-p 0.95; docs/evaluation.md).
+
+    Attributes:
+        samples: responses per question (paper: 16): the k of mean@k, maj@k and pass@k.
+        sampling: how they are sampled (paper: temperature 0.6, top-p 0.95, 8192 new tokens);
+            temperature 0 is greedy decoding (one response per question, repeated).
+        questions: a cap on the questions of the split (None: all of them).
+    """
+
+    samples: int = 16
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=8192))
+    questions: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"data.evaluation.samples must be >= 1, got {self.samples}")
+        if self.questions is not None and self.questions < 1:
+            raise ValueError(f"data.evaluation.questions must be >= 1 or null (the whole split), got {self.questions}")
+        self.sampling.check("data.evaluation.sampling")
 
 
 def check_group_size(algorithm: str, required: int, G: int) -> None:
@@ -56,9 +82,8 @@ class RolloutDataModule(pl.LightningDataModule):
             off-policy GRPO baseline used 4). B must be divisible by it.
         micro_batch_questions: questions (G rows each) per forward/backward micro-batch.
         sampling: training sampling (paper: temperature 1.0, top-p 1.0, 8192 new tokens).
-        val_samples: responses per validation question (paper: 16).
-        val_sampling: validation sampling (paper: temperature 0.6, top-p 0.95).
-        val_questions: cap on validation questions (None: the whole split).
+        evaluation: how validation and test draw their responses (:class:`EvaluationConfig`:
+            16 per question at temperature 0.6, top-p 0.95, as the papers).
         max_prompt_tokens: prompts longer than this are dropped when the data is loaded, and
             counted (paper: 2048); every rank drops the same rows, so ranks stay in step.
         enable_thinking: chat-template kwarg, identical for student and teacher (paper: False).
@@ -81,9 +106,7 @@ class RolloutDataModule(pl.LightningDataModule):
         updates_per_batch: int = 1,
         micro_batch_questions: int = 4,
         sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=8192),
-        val_samples: int = 16,
-        val_sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=8192),
-        val_questions: Optional[int] = None,
+        evaluation: EvaluationConfig = EvaluationConfig(),
         max_prompt_tokens: int = 2048,
         enable_thinking: bool = False,
         seed: int = 0,
@@ -93,7 +116,7 @@ class RolloutDataModule(pl.LightningDataModule):
         super().__init__()
         for name, value in [("questions_per_step", questions_per_step), ("rollouts_per_question", rollouts_per_question),
                             ("updates_per_batch", updates_per_batch), ("micro_batch_questions", micro_batch_questions),
-                            ("val_samples", val_samples), ("max_prompt_tokens", max_prompt_tokens)]:
+                            ("max_prompt_tokens", max_prompt_tokens)]:
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
         if score_timeout is not None and score_timeout <= 0:
@@ -110,9 +133,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.updates_per_batch = updates_per_batch
         self.micro_batch_questions = micro_batch_questions
         self.sampling = sampling
-        self.val_samples = val_samples
-        self.val_sampling = val_sampling
-        self.val_questions = val_questions
+        self.evaluation = evaluation
         self.max_prompt_tokens = max_prompt_tokens
         self.enable_thinking = enable_thinking
         self.seed = seed
@@ -139,7 +160,7 @@ class RolloutDataModule(pl.LightningDataModule):
             if self.sampling.temperature == 0:
                 raise ValueError("data.sampling.temperature=0 (greedy) makes the G training rollouts of a question "
                                  "identical: no group baseline, no sibling demonstration, nothing to learn; use > 0 "
-                                 "(paper: 1.0). Greedy decoding is supported for evaluation (data.val_sampling)")
+                                 "(paper: 1.0). Greedy decoding is supported for evaluation (data.evaluation.sampling)")
         for split in {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ()):
             ds = self._loaded.get(split)
             if ds is None:
@@ -284,7 +305,8 @@ class RolloutDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None or len(self.val_set) == 0:
             return DataLoader([])
-        n = len(self.val_set) if self.val_questions is None else min(self.val_questions, len(self.val_set))
+        cap = self.evaluation.questions
+        n = len(self.val_set) if cap is None else min(cap, len(self.val_set))
         rank, world = self._world()
         rows = [self.val_set[i] for i in range(rank, n, world)]
         trainer = self.trainer
@@ -293,7 +315,7 @@ class RolloutDataModule(pl.LightningDataModule):
         seed = self.generation_seed(stage, getattr(trainer, "global_step", 0))
         self.validation = None
         try:
-            self.validation = self.rollout(rows, self.val_samples, self.val_sampling, seed)
+            self.validation = self.rollout(rows, self.evaluation.samples, self.evaluation.sampling, seed)
         except interrupt.Preempted:
             if fn != "fit" or trainer.sanity_checking:
                 raise
@@ -301,7 +323,7 @@ class RolloutDataModule(pl.LightningDataModule):
             # is saved at the end of this epoch (callbacks.checkpoint), then the run stops
             log.warning("validation at step %d abandoned: stop requested", trainer.global_step)
             return DataLoader([])
-        return self._loader(self.validation, steps=1, sampling=self.val_sampling)
+        return self._loader(self.validation, steps=1, sampling=self.evaluation.sampling)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -36,7 +36,7 @@ class SamplingConfig:
         self.check()
 
     def check(self, name: str = "sampling") -> None:
-        """One line naming ``name`` (``data.sampling`` or ``data.val_sampling``) and the field."""
+        """One line naming ``name`` (``data.sampling`` or ``data.evaluation.sampling``) and the field."""
         if self.temperature < 0:
             raise ValueError(f"{name}.temperature must be >= 0 (0: greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -47,7 +47,7 @@ class SamplingConfig:
     @classmethod
     def check_values(cls, values: dict, name: str) -> None:
         """Check raw configuration ``values`` before the dataclass is built (the CLI's pre-flight,
-        so that a bad ``data.val_sampling`` is reported as such, not as ``sampling``)."""
+        so that a bad ``data.evaluation.sampling`` is reported as such, not as ``sampling``)."""
         fields = {f: values[f] for f in ("temperature", "top_p", "max_new_tokens") if values.get(f) is not None}
         probe = cls.__new__(cls)
         probe.__dict__.update({**cls().__dict__, **fields})
