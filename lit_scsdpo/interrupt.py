@@ -58,13 +58,12 @@ def check_global(device: Optional[object] = None) -> None:
     """Like :func:`check`, but all data-parallel ranks agree (an all-reduce of the flag), so
     that they abandon the step together and no collective is left waiting on one rank."""
     import torch
-    import torch.distributed as dist
+
+    from . import distributed
 
     flag = _requested or 0
-    if dist.is_available() and dist.is_initialized():
-        t = torch.tensor([flag], dtype=torch.long, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        flag = int(t.item())
+    if distributed.initialized():
+        flag = int(distributed.all_reduce(torch.tensor([flag], dtype=torch.long, device=device), "max").item())
     if flag:
         request_stop(flag)
         raise Preempted(flag)

@@ -207,3 +207,18 @@ def test_paper_recipe_runs_sharded_on_two_cpu_processes_then_resumes_on_one(tmp_
     assert len(read_scalars(tmp_path)["train/loss"]) == 3  # one more step
     assert [p.name for p in folder.parents[2].iterdir()] == ["version_0"]  # in the same log folder
     assert torch.load(folder, map_location="cpu", weights_only=False)["global_step"] == 3  # now one file
+
+
+@pytest.mark.parametrize("cls", ["lit_scsdpo.SDPO", "lit_scsdpo.GRPO"])
+def test_help_lists_the_base_options_and_the_groups_with_their_docstrings(cls):
+    """The base options are declared once (``PolicyOptimization``) and reach the subclasses as
+    ``**kwargs``: the CLI still lists every one, with its docstring, next to the groups."""
+    out = run_cli(["fit", "--model.help", cls], timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = " ".join(out.stdout.split())
+    for option, doc in [("--model.model_name_or_path", "a local path or hub id"), ("--model.optim.lr", "peak learning rate"),
+                        ("--model.max_nonfinite_steps", "stop the run"), ("--model.rollout_correction.cap", "truncation"),
+                        ("--model.logits_chunk_size", "chunks of this many"), ("--model.grpo.eps_high", "clip-higher")]:
+        assert option in text and doc in text, option
+    sdpo_only = ("--model.distillation.alpha", "--model.teacher.rate", "--model.reprompt.max_teacher_prompt_tokens")
+    assert all((o in text) == (cls == "lit_scsdpo.SDPO") for o in sdpo_only)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lit_scsdpo.tasks import MathTask, Task
-from lit_scsdpo.tasks.math import extract_final_answer, gold_answer_text, run_with_deadline
+from lit_scsdpo.tasks.math import MathScoring, extract_final_answer, gold_answer_text, run_with_deadline
 
 HUGE = r"\boxed{9^{9^{9^{9^{9}}}}}"  # sympy works on it for minutes
 LIMIT = 0.5  # the time limit of the time-limit tests (s)
@@ -25,13 +25,13 @@ SLACK = 4.0  # allowed overrun on a loaded 2-core machine (s): the unbounded cas
 @pytest.fixture(scope="module")
 def task():
     """For verdicts: a generous limit, so that a loaded machine cannot turn one into a time-out."""
-    return MathTask(test_source="unused.jsonl", timeout=10.0)
+    return MathTask(test_source="unused.jsonl", scoring=MathScoring(timeout=10.0))
 
 
 @pytest.fixture(scope="module")
 def quick():
     """For the time limit."""
-    return MathTask(test_source="unused.jsonl", timeout=LIMIT)
+    return MathTask(test_source="unused.jsonl", scoring=MathScoring(timeout=LIMIT))
 
 
 def row(answer, uid="math/test/0"):
@@ -135,13 +135,16 @@ def test_is_a_task_and_renders_messages():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"timeout": 0}, "timeout: must be"), ({"timeout": "5"}, "timeout: must be"),
-    ({"isolation": "thread"}, "isolation: must be"), ({"prompt": "no placeholder"}, "{problem}"),
-    ({"max_answer_chars": 0}, "max_answer_chars"), ({"problem_field": ""}, "problem_field"),
+    (lambda: {"scoring": MathScoring(timeout=0)}, "timeout: must be"),
+    (lambda: {"scoring": MathScoring(timeout="5")}, "timeout: must be"),
+    (lambda: {"scoring": MathScoring(isolation="thread")}, "isolation: must be"),
+    (lambda: {"prompt": "no placeholder"}, "{problem}"),
+    (lambda: {"scoring": MathScoring(max_answer_chars=0)}, "max_answer_chars"),
+    (lambda: {"problem_field": ""}, "problem_field"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
-        MathTask("unused.jsonl", **kwargs)
+        MathTask("unused.jsonl", **kwargs())
 
 
 # ---------------------------------------------------------------------------- time limit
@@ -161,7 +164,7 @@ def test_100k_character_expression(quick):
     assert seconds < SLACK and score.reward == 0.0 and score.format_ok and "too long" in score.feedback
     # parsed: a signal cannot interrupt a long call inside C (measured 66 s under CI load with the
     # in-process deadline), so the hard bound is the worker process, killed after timeout + 1 s
-    uncapped = MathTask("unused.jsonl", timeout=LIMIT, max_answer_chars=None, isolation="process")
+    uncapped = MathTask("unused.jsonl", scoring=MathScoring(timeout=LIMIT, max_answer_chars=None, isolation="process"))
     score, seconds = timed(uncapped.score, completion, row("1"))
     assert seconds < LIMIT + 1 + SLACK and score.reward == 0.0 and score.format_ok
 
@@ -224,7 +227,7 @@ def test_safe_scorer_path_nested_timeouts():
     limit, SafeScorer's time-out fires and is counted."""
     from lit_scsdpo.data import RolloutDataModule
 
-    task = MathTask("unused.jsonl", timeout=LIMIT)
+    task = MathTask("unused.jsonl", scoring=MathScoring(timeout=LIMIT))
     scorer = RolloutDataModule(task=task, score_timeout=10.0).scorer
     counters = {}
     assert scorer(r"\boxed{\frac{1}{2}}", row("0.5"), counters).reward == 1.0
@@ -232,7 +235,8 @@ def test_safe_scorer_path_nested_timeouts():
     assert seconds < LIMIT + SLACK and score.format_ok and score.pred is not None and task.timeouts == 1
     assert counters.get("score_timeouts", 0) == 0 and counters.get("score_errors", 0) == 0
 
-    strict = RolloutDataModule(task=MathTask("unused.jsonl", timeout=5.0), score_timeout=0.3).scorer
+    strict = RolloutDataModule(task=MathTask("unused.jsonl", scoring=MathScoring(timeout=5.0)),
+                               score_timeout=0.3).scorer
     score, seconds = timed(strict, HUGE, row("1"), counters)
     assert seconds < 0.3 + SLACK and counters["score_timeouts"] == 1 and score.pred is None
     assert strict(r"<answer>0.5</answer>", row(r"\frac12"), counters).reward == 1.0
@@ -243,7 +247,7 @@ def test_process_isolation_under_safe_scorer():
     (its late answer cannot be taken for the next one) and a fresh one serves the next call."""
     from lit_scsdpo.data import SafeScorer
 
-    task = MathTask("unused.jsonl", timeout=5.0, isolation="process")
+    task = MathTask("unused.jsonl", scoring=MathScoring(timeout=5.0, isolation="process"))
     try:
         assert task.score(r"\boxed{0.5}", row("1/2")).reward == 1.0  # starts the worker (~1 s)
         counters = {}
@@ -259,7 +263,7 @@ def test_process_isolation_under_safe_scorer():
 
 def test_other_threads_use_the_worker_process():
     """Off the main thread SIGALRM cannot be used: a worker process bounds the time instead."""
-    task = MathTask("unused.jsonl", timeout=LIMIT)
+    task = MathTask("unused.jsonl", scoring=MathScoring(timeout=LIMIT))
     results = []
 
     def work():
@@ -293,7 +297,7 @@ TIMED_OUT = "Your final answer could not be checked within the time limit."
 
 @pytest.fixture(scope="module")
 def fuzzed():
-    return MathTask(test_source="unused.jsonl", timeout=2.0)
+    return MathTask(test_source="unused.jsonl", scoring=MathScoring(timeout=2.0))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -76,6 +76,7 @@ import sys
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from .base import Score
@@ -83,7 +84,7 @@ from .base import Score
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import datasets
 
-__all__ = ["DEFAULT_PROMPT", "MathTask", "equivalent", "extract_final_answer", "gold_answer_text",
+__all__ = ["DEFAULT_PROMPT", "MathTask", "MathScoring", "equivalent", "extract_final_answer", "gold_answer_text",
            "run_with_deadline", "signal_deadline_usable"]
 
 log = logging.getLogger(__name__)
@@ -529,6 +530,34 @@ def _bad(field: str, value: Any, expected: str, what: str) -> str:
     return f"field {field!r} must be {expected} ({what}), got {type(value).__name__}"
 
 
+@dataclass
+class MathScoring:
+    """How :class:`MathTask` compares answers (see the module docstring for the time limit).
+
+    Attributes:
+        timeout: seconds per :meth:`MathTask.score` call (parsing both answers and comparing
+            them); None: no limit. Keep it below ``data.score_timeout``.
+        isolation: ``"auto"``: a SIGALRM deadline in the main thread, a worker process in
+            other threads; ``"process"``: always the worker process (a hard bound, even on a
+            computation stuck in C).
+        max_answer_chars: a longer extracted answer is not parsed and scores 0 (None: no cap).
+    """
+
+    timeout: Optional[float] = 5.0
+    isolation: str = "auto"
+    max_answer_chars: Optional[int] = 1000
+
+    def __post_init__(self) -> None:
+        timeout, limit = self.timeout, self.max_answer_chars
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < float("inf")):
+            raise ValueError(f"scoring.timeout: must be a number of seconds > 0 or None, got {timeout!r}")
+        if self.isolation not in ("auto", "process"):
+            raise ValueError(f"scoring.isolation: must be 'auto' or 'process', got {self.isolation!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"scoring.max_answer_chars: must be an integer >= 1 or None, got {limit!r}")
+
+
 class MathTask:
     """Math problems scored by math-verify (see :mod:`lit_scsdpo.tasks.math`).
 
@@ -551,12 +580,8 @@ class MathTask:
             problem, then "Please reason step by step, and put your final answer within
             \\boxed{}.").
         system_prompt: an optional system message.
-        timeout: seconds per :meth:`score` call (parsing both answers and comparing them);
-            None: no limit. Keep it below ``data.score_timeout`` (see the module docstring).
-        isolation: ``"auto"``: a SIGALRM deadline in the main thread, a worker process in
-            other threads; ``"process"``: always the worker process (a hard bound, even on a
-            computation stuck in C).
-        max_answer_chars: a longer extracted answer is not parsed and scores 0 (None: no cap).
+        scoring: the time limit, its isolation and the answer-length cap
+            (:class:`MathScoring`: 5 s, ``auto``, 1000 characters).
         name: the task name, prefix of ``uid`` and ``data_source``.
     """
 
@@ -572,9 +597,7 @@ class MathTask:
         source_field: Optional[str] = None,
         prompt: str = DEFAULT_PROMPT,
         system_prompt: Optional[str] = None,
-        timeout: Optional[float] = 5.0,
-        isolation: str = "auto",
-        max_answer_chars: Optional[int] = 1000,
+        scoring: MathScoring = MathScoring(),
         name: str = "math",
     ) -> None:
         for field, value, optional in (("test_source", test_source, False), ("train_source", train_source, True),
@@ -588,14 +611,6 @@ class MathTask:
             raise ValueError(f"prompt: must be a string containing {{problem}}, got {prompt!r}")
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise ValueError(f"system_prompt: must be a string or None, got {type(system_prompt).__name__}")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not 0 < timeout < float("inf")):
-            raise ValueError(f"timeout: must be a number of seconds > 0 or None, got {timeout!r}")
-        if isolation not in ("auto", "process"):
-            raise ValueError(f"isolation: must be 'auto' or 'process', got {isolation!r}")
-        if max_answer_chars is not None and (isinstance(max_answer_chars, bool)
-                                             or not isinstance(max_answer_chars, int) or max_answer_chars < 1):
-            raise ValueError(f"max_answer_chars: must be an integer >= 1 or None, got {max_answer_chars!r}")
         _math_verify()  # fail now, with the install hint, rather than at the first score
         self.test_source = test_source
         self.train_source = train_source
@@ -604,9 +619,10 @@ class MathTask:
         self.problem_field, self.answer_field = problem_field, answer_field
         self.id_field, self.source_field = id_field, source_field
         self.prompt, self.system_prompt = prompt, system_prompt or None
-        self.timeout = None if timeout is None else float(timeout)
-        self.isolation = isolation
-        self.max_answer_chars = max_answer_chars
+        self.scoring = scoring
+        self.timeout = None if scoring.timeout is None else float(scoring.timeout)
+        self.isolation = scoring.isolation
+        self.max_answer_chars = scoring.max_answer_chars
         self.name = name
         self.timeouts = 0  # score calls that hit this task's time limit
         self._worker: Optional[_Worker] = None
