@@ -21,6 +21,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from .. import interrupt, sharding
 from ..layout import left_pad
+from ..losses import sampled_logprobs
 from .base import Generations, SamplingConfig
 
 
@@ -39,20 +40,20 @@ class _SampledLogprobs(LogitsProcessor):
 
     def __init__(self, temperature: float) -> None:
         self.temperature = temperature
-        self.prev: Optional[torch.Tensor] = None  # [N, V] log-probs of the last step
+        self.prev: Optional[torch.Tensor] = None  # [N, V] logits of the last step, divided by T
         self.values: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.prev is not None:  # the token sampled from the previous step is now the last input
-            self.values.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self.prev = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+            self.values.append(sampled_logprobs(self.prev, input_ids[:, -1]))
+        self.prev = scores.float() / self.temperature
         return scores
 
     def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """``[N, steps]`` log-probs of ``new_tokens`` (the generated part of the sequences)."""
         if self.prev is not None and new_tokens.shape[1] > len(self.values):
             last = new_tokens[:, len(self.values)].to(self.prev.device)
-            self.values.append(self.prev.gather(-1, last[:, None]).squeeze(-1))
+            self.values.append(sampled_logprobs(self.prev, last))
         self.prev = None
         if not self.values:
             return torch.zeros(new_tokens.shape[0], 0)
