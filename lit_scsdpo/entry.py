@@ -30,7 +30,8 @@ commands:
   consolidate  turn a sharded (FSDP2) checkpoint folder into one .ckpt file
 
 `lit-scsdpo <command> --help` lists a command's options with their docstrings;
-`lit-scsdpo fit --config configs/tiny/base.yaml --config configs/tiny/scsdpo.yaml --print_config` prints a whole configuration.
+`lit-scsdpo fit --config configs/tiny/base.yaml --config configs/tiny/scsdpo.yaml --print_config`
+prints a whole configuration.
 Errors before training are one line; LIT_SCSDPO_TRACEBACK=1 shows the full traceback.
 Docs: README.md and docs/ in the repository."""
 

@@ -17,5 +17,5 @@ from .sampler import QuestionSampler, stream_seed
 from .scoring import SafeScorer, pass_rate_shares, rollout_stats
 
 __all__ = ["Rollouts", "RolloutBatch", "StepInfo", "collate_rollouts", "step_info", "RolloutDataModule",
-           "EvaluationConfig", "check_group_size", "MicroBatchPlan", "PlannedBatches", "plan_micro_batches", "QuestionSampler",
-           "stream_seed", "SafeScorer", "pass_rate_shares", "rollout_stats"]
+           "EvaluationConfig", "check_group_size", "MicroBatchPlan", "PlannedBatches", "plan_micro_batches",
+           "QuestionSampler", "stream_seed", "SafeScorer", "pass_rate_shares", "rollout_stats"]
